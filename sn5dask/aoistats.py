@@ -1,0 +1,127 @@
+"""AOI statistics: per-chip scans, their pairwise sum (the tree reduction), percentiles.
+
+`scan_chip` runs on a worker per chip (first read); `combine_scans` is the reduction step
+(associative, so dask can apply it as a tree); `finalize_scan` turns the summed histogram
+into exact percentiles. Only the finalized `AoiStats` (percentiles, counts and each
+chip's small header) ever reaches the client; histograms stay on the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sn5dask.catalog import ChipRecord
+from sn5dask.errors import ChipError
+from sn5dask.raster import ChipHeader, read_chip, read_header
+from sn5dask.stretch import band_histograms, percentiles_from_histogram
+
+log = logging.getLogger("sn5dask")
+UINT16_BINS = 65536
+
+
+@dataclass
+class AoiScan:
+    """Partial sum over some chips: histograms (band, 65536) and per-chip headers/errors."""
+
+    histogram: np.ndarray | None = None
+    dtypes: set[str] = field(default_factory=set)
+    headers: dict[str, ChipHeader] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AoiStats:
+    """What the client learns from the scan pass of one AOI."""
+
+    bands: tuple[int, ...]
+    percentiles: tuple[float, float]
+    values: dict[int, tuple[float | None, float | None]] | None
+    valid_pixels: dict[int, int] | None
+    headers: dict[str, ChipHeader]
+    errors: dict[str, str]
+
+    def as_json(self) -> dict:
+        return {
+            "bands": list(self.bands),
+            "percentiles": list(self.percentiles),
+            "values": None
+            if self.values is None
+            else {str(b): list(v) for b, v in self.values.items()},
+            "valid_pixels": None
+            if self.valid_pixels is None
+            else {str(b): n for b, n in self.valid_pixels.items()},
+        }
+
+
+def scan_chip(
+    chip: ChipRecord, bands: Sequence[int], with_histogram: bool, use_nodata: bool = True
+) -> AoiScan:
+    """Read one chip's header (and, for AOI stretch, the histograms of `bands`).
+
+    Never raises for a bad chip: the problem is returned in `errors`.
+    """
+    scan = AoiScan()
+    if chip.problem:
+        scan.errors[chip.chip_id] = chip.problem
+        return scan
+    try:
+        if with_histogram:
+            header, data = read_chip(chip.image, bands)
+            nodata = [header.nodata[b - 1] for b in bands] if use_nodata else None
+            hist = band_histograms(data, nodata)
+            if hist.shape[1] != UINT16_BINS:  # uint8 chip: pad to the common bin count
+                hist = np.pad(hist, ((0, 0), (0, UINT16_BINS - hist.shape[1])))
+            scan.histogram = hist
+        else:
+            header = read_header(chip.image, bands)
+        scan.headers[chip.chip_id] = header
+        scan.dtypes.add(header.dtype)
+    except ChipError as exc:
+        scan.errors[chip.chip_id] = str(exc)
+    except Exception as exc:  # one bad chip never kills the run: recorded, reported
+        log.exception("scan of %s failed", chip.image)
+        scan.errors[chip.chip_id] = f"{chip.image}: unexpected error {type(exc).__name__}: {exc}"
+    return scan
+
+
+def combine_scans(*scans: AoiScan) -> AoiScan:
+    """Sum of several partial scans (associative and commutative)."""
+    out = AoiScan()
+    for scan in scans:
+        if scan.histogram is not None:
+            out.histogram = (
+                scan.histogram.copy() if out.histogram is None else out.histogram + scan.histogram
+            )
+        out.dtypes |= scan.dtypes
+        out.headers.update(scan.headers)
+        out.errors.update(scan.errors)
+    return out
+
+
+def finalize_scan(
+    scan: AoiScan, bands: Sequence[int], percentiles: Sequence[float], with_histogram: bool
+) -> AoiStats:
+    """Exact percentiles per band from the summed histograms (None for an empty band)."""
+    values = valid = None
+    if with_histogram:
+        values, valid = {}, {}
+        dtype = np.uint8 if scan.dtypes == {"uint8"} else np.uint16
+        for i, band in enumerate(bands):
+            hist = (
+                scan.histogram[i] if scan.histogram is not None else np.zeros(1, dtype=np.int64)
+            )
+            low, high = percentiles_from_histogram(hist, percentiles, dtype)
+            values[band] = (low, high)
+            valid[band] = int(hist.sum())
+    return AoiStats(
+        bands=tuple(bands),
+        percentiles=(float(percentiles[0]), float(percentiles[1])),
+        values=values,
+        valid_pixels=valid,
+        headers=scan.headers,
+        errors=scan.errors,
+    )

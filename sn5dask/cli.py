@@ -1,0 +1,268 @@
+"""The `sn5dask` command line (typer). It parses and prints; the work is elsewhere.
+
+Exit codes: 0 when no chip failed (warnings and skipped chips don't count), 1 when some
+chip failed, 2 for bad arguments, no chips, a held lock or changed parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sn5dask.errors import ConfigError, LockError, ParamsChangedError, Sn5daskError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="SpaceNet 5 road-network training data (8-bit RGB + speed masks) on a Dask cluster.",
+)
+out_console = Console()
+err_console = Console(stderr=True)
+EXIT_USAGE = 2
+
+
+class RichReporter:
+    """Progress bar per AOI on stderr; the summary table goes to stdout at the end."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[failed]} failed"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self.tasks: dict[str, int] = {}
+
+    def cluster(self, dashboard_link: str | None) -> None:
+        err_console.print(f"dask dashboard: [link={dashboard_link}]{dashboard_link}[/link]")
+
+    def aoi_started(self, aoi: str, total: int, already_done: int) -> None:
+        if not self.tasks:
+            self.progress.start()
+        self.tasks[aoi] = self.progress.add_task(aoi, total=total, completed=already_done, failed=0)
+
+    def chip_finished(self, aoi: str, result) -> None:  # noqa: ANN001 - ChipResult
+        task = self.tasks[aoi]
+        failed = self.progress.tasks[task].fields["failed"] + (result.status == "failed")
+        self.progress.update(task, advance=1, failed=failed)
+
+    def aoi_finished(self, summary) -> None:  # noqa: ANN001 - AoiSummary
+        task = self.tasks.get(summary.aoi)
+        if task is not None:
+            self.progress.update(task, completed=sum(summary.counts.values()))
+
+    def stop(self) -> None:
+        if self.tasks:
+            self.progress.stop()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False)],
+    )
+    # Road-level warnings go to the manifest; on the terminal they would drown the progress.
+    logging.getLogger("sn5dask").setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def run(
+    root: Annotated[Optional[str], typer.Argument(help="Dataset root: a folder or s3://bucket/prefix")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Output folder or s3:// URL")] = None,
+    aoi: Annotated[Optional[list[str]], typer.Option("--aoi", help="Only this AOI (repeatable)")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="Scheduler address (else DASK_SCHEDULER_ADDRESS, else a LocalCluster)")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="LocalCluster worker processes (default: one per core)")] = None,
+    profile: Annotated[Optional[str], typer.Option(help="sn5dask (default) or cresi")] = None,
+    stretch: Annotated[Optional[str], typer.Option(help="aoi or chip (default: the profile's)")] = None,
+    percentiles: Annotated[Optional[str], typer.Option(help="Two percentiles, e.g. 2,98")] = None,
+    bands: Annotated[Optional[str], typer.Option(help="Output bands, 1-based, e.g. 5,3,2")] = None,
+    masks: Annotated[Optional[str], typer.Option(help="binary,continuous,binned,multichannel or none")] = None,
+    buffer_m: Annotated[Optional[float], typer.Option("--buffer-m", help="Road buffer in metres")] = None,
+    default_speed: Annotated[Optional[float], typer.Option(help="mph for roads without a usable speed")] = None,
+    speed_field: Annotated[Optional[str], typer.Option(help="Read speed (mph) from this property")] = None,
+    formats: Annotated[Optional[str], typer.Option(help="geotiff,zarr")] = None,
+    compress: Annotated[Optional[str], typer.Option(help="deflate, zstd, lzw or none")] = None,
+    max_label_mb: Annotated[Optional[float], typer.Option("--max-label-mb", help="Label files over this fail their chip")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace outputs made with other parameters")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML run config (flags override it)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every warning")] = False,
+) -> None:
+    """Make 8-bit RGB chips and road masks for every AOI under ROOT."""
+    from sn5dask.config import load_config
+
+    _setup_logging(verbose)
+    try:
+        cfg = load_config(
+            config,
+            root=root, out=out, aois=aoi or None, scheduler=scheduler, workers=workers,
+            profile=profile, stretch=stretch, percentiles=percentiles, bands=bands,
+            masks=masks, buffer_m=buffer_m, default_speed=default_speed,
+            speed_field=speed_field, formats=formats, compress=compress,
+            max_label_mb=max_label_mb, overwrite=overwrite,
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    raise typer.Exit(_run_and_report(cfg))
+
+
+def _run_and_report(cfg) -> int:  # noqa: ANN001 - RunConfig
+    from sn5dask.pipeline import run as run_pipeline
+
+    reporter = RichReporter()
+    started = time.perf_counter()
+    try:
+        summary = run_pipeline(cfg, reporter=reporter)
+    except (ConfigError, LockError, ParamsChangedError) as exc:
+        reporter.stop()
+        raise _fail(str(exc)) from None
+    except Sn5daskError as exc:
+        reporter.stop()
+        raise _fail(str(exc), 1) from None
+    finally:
+        reporter.stop()
+    _print_summary(summary, time.perf_counter() - started)
+    return summary.exit_code
+
+
+def _print_summary(summary, seconds: float) -> None:  # noqa: ANN001 - RunSummary
+    table = Table(title=f"sn5dask run ({seconds:.1f} s)")
+    for column in ("AOI", "ok", "skipped", "failed", "seconds", "chips/s", "manifest"):
+        table.add_column(column, justify="right" if column not in ("AOI", "manifest") else "left")
+    for aoi in summary.aois:
+        table.add_row(
+            aoi.aoi,
+            str(aoi.counts.get("ok", 0)),
+            str(aoi.counts.get("skipped", 0)),
+            str(aoi.counts.get("failed", 0)),
+            f"{aoi.seconds:.1f}",
+            f"{aoi.chips_per_second:.2f}",
+            aoi.manifest,
+        )
+    out_console.print(table)
+    for aoi in summary.aois:
+        for chip_id, reason in aoi.failures:
+            out_console.print(f"[red]failed[/red] {aoi.aoi} {chip_id}: {reason}", highlight=False)
+        if aoi.orphan_labels:
+            out_console.print(
+                f"{aoi.aoi}: {len(aoi.orphan_labels)} label file(s) without an image "
+                f"(listed in the manifest's orphan_labels)"
+            )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Argument(help="Where to write the synthetic input and the outputs")] = Path("sn5dask-demo"),
+    chips: Annotated[int, typer.Option(help="Number of synthetic chips")] = 6,
+    size: Annotated[int, typer.Option(help="Chip size in pixels")] = 1300,
+    workers: Annotated[Optional[int], typer.Option(help="LocalCluster worker processes")] = None,
+    profile: Annotated[str, typer.Option(help="sn5dask or cresi")] = "sn5dask",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Generate a synthetic AOI and run the whole job on it (a LocalCluster)."""
+    from sn5dask.config import load_config
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    _setup_logging(False)
+    synthetic = make_synthetic_aoi(out / "input", n_chips=chips, size=size)
+    err_console.print(f"synthetic AOI {synthetic.aoi}: {len(synthetic.images)} chips in {out / 'input'}")
+    try:
+        cfg = load_config(
+            None, root=str(out / "input"), out=str(out / "output"), workers=workers,
+            profile=profile, overwrite=overwrite,
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    code = _run_and_report(cfg)
+    out_console.print(f"outputs in {out / 'output'}: PS-RGB/, masks/, *.zarr, stats.json, manifest.json")
+    raise typer.Exit(code)
+
+
+@app.command()
+def stats(
+    root: Annotated[str, typer.Argument(help="Dataset root: a folder or s3://bucket/prefix")],
+    aoi: Annotated[Optional[str], typer.Option(help="Only this AOI")] = None,
+    bands: Annotated[str, typer.Option(help="Bands, 1-based")] = "5,3,2",
+    percentiles: Annotated[str, typer.Option(help="Two percentiles")] = "2,98",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    scheduler: Annotated[Optional[str], typer.Option(help="Scheduler address")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="LocalCluster worker processes")] = None,
+) -> None:
+    """Exact AOI-wide percentiles per band (from per-chip histograms)."""
+    from sn5dask.api import aoi_percentiles
+    from sn5dask.cluster import get_client
+    from sn5dask.config import load_config
+
+    _setup_logging(False)
+    try:
+        cfg = load_config(None, root=root, out=".", bands=bands, percentiles=percentiles)
+        with get_client(scheduler, workers) as client:
+            result = aoi_percentiles(
+                root, aoi, bands=cfg.bands, percentiles=cfg.percentiles, client=client
+            )
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        document = {name: {k: v for k, v in s.items() if k != "unreadable_chips"} for name, s in result.items()}
+        typer.echo(json.dumps(document, indent=1))
+    else:
+        table = Table(title=f"AOI percentiles {cfg.percentiles[0]:g}/{cfg.percentiles[1]:g}")
+        for column in ("AOI", "band", "low", "high", "valid pixels"):
+            table.add_column(column)
+        for name, s in result.items():
+            for band, (low, high) in s["values"].items():
+                table.add_row(name, band, f"{low}", f"{high}", f"{s['valid_pixels'][band]:,}")
+        out_console.print(table)
+    unreadable = {n: s["unreadable_chips"] for n, s in result.items() if s["unreadable_chips"]}
+    for name, errors in unreadable.items():
+        for chip_id, reason in errors.items():
+            err_console.print(f"[red]unreadable[/red] {name} {chip_id}: {reason}", highlight=False)
+    raise typer.Exit(1 if unreadable else 0)
+
+
+@app.command()
+def validate(out: Annotated[str, typer.Argument(help="An sn5dask output folder or s3:// URL")]) -> None:
+    """Check every output against the manifest and the source georeferencing."""
+    from sn5dask.validate import validate_output
+
+    _setup_logging(False)
+    try:
+        report = validate_output(out)
+    except Sn5daskError as exc:
+        raise _fail(str(exc)) from None
+    for problem in report.problems:
+        out_console.print(f"[red]problem[/red] {problem}", highlight=False)
+    verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+    out_console.print(
+        f"validated {report.checked_chips} chips, {report.checked_files} files: {verdict}"
+    )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def versions() -> None:
+    """Print the versions of sn5dask and its key libraries (for bug reports)."""
+    from sn5dask.versions import show_versions
+
+    show_versions()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,59 @@
+"""Get a `distributed` client: an embedded LocalCluster, or an existing scheduler.
+
+An address comes from `--scheduler`, else `DASK_SCHEDULER_ADDRESS` / dask's own
+`scheduler-address` config (dask-cloudprovider, the dask-kubernetes operator, Coiled and
+dask-gateway all hand out such an address). Everything else (memory limits, retries,
+timeouts) is dask configuration, not sn5dask's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import dask.config
+from distributed import Client, LocalCluster
+
+log = logging.getLogger("sn5dask")
+
+
+def scheduler_address(scheduler: str | None = None) -> str | None:
+    """The scheduler to use: the argument, else DASK_SCHEDULER_ADDRESS / dask config."""
+    return (
+        scheduler
+        or os.environ.get("DASK_SCHEDULER_ADDRESS")
+        or dask.config.get("scheduler-address", None)
+    )
+
+
+def default_worker_count() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+@contextmanager
+def get_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
+    """A client for the run; a LocalCluster it starts is closed on exit.
+
+    The LocalCluster has one single-threaded worker process per core: the per-chip work
+    (histograms, GEOS buffering, DEFLATE) holds the GIL often enough that processes beat
+    threads, and a chip's memory is then bounded per process.
+    """
+    address = scheduler_address(scheduler)
+    if address:
+        client = Client(address)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n_workers = workers or default_worker_count()
+    with LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=1,
+        processes=True,
+        silence_logs=logging.ERROR,
+        dashboard_address=dask.config.get("distributed.dashboard.address", ":8787"),
+    ) as cluster, Client(cluster) as client:
+        yield client

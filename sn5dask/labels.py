@@ -1,0 +1,161 @@
+"""Pure parsing of a road-centreline GeoJSON into lines, speeds and warnings.
+
+Parsing is `json.loads` plus `shapely.geometry.shape`: nothing in a label file is ever
+evaluated. Problems with the file as a whole raise `LabelError` (the chip fails);
+problems with one feature become warnings naming the file and the feature.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import shapely
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+
+from sn5dask.errors import LabelError
+from sn5dask.speed import road_speed
+
+#: GeoJSON's default CRS (RFC 7946): lon/lat on WGS84.
+GEOJSON_DEFAULT_CRS = CRS.from_user_input("OGC:CRS84")
+_LINE_TYPES = ("LineString", "MultiLineString")
+
+
+@dataclass(frozen=True)
+class RoadLabels:
+    """The roads of one label file.
+
+    `lines`: shapely (Multi)LineStrings in `crs`; `speed_mph` / `speed_mps`: float64, NaN
+    where a road has no usable speed; `warnings`: text naming the file and the feature.
+    """
+
+    source: str
+    crs: CRS
+    lines: np.ndarray
+    speed_mph: np.ndarray
+    speed_mps: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+def parse_road_labels(
+    text: str | bytes,
+    source: str,
+    *,
+    speed_field: str | None = None,
+    default_speed_mph: float | None = None,
+) -> RoadLabels:
+    """Parse GeoJSON text (a FeatureCollection of road centrelines) into `RoadLabels`."""
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise LabelError(source, f"not valid GeoJSON ({_short(exc)})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("features"), list):
+        raise LabelError(source, "GeoJSON has no 'features' list (not a FeatureCollection)")
+    crs = _document_crs(document, source)
+
+    warnings: list[str] = []
+    ignored_types: Counter[str] = Counter()
+    lines: list[Any] = []
+    mph: list[float] = []
+    mps: list[float] = []
+    for index, feature in enumerate(document["features"]):
+        line, problem = _feature_line(feature)
+        if line is None:
+            if problem in _NON_LINE_PROBLEMS:
+                ignored_types[problem] += 1
+            elif problem is not None:
+                warnings.append(f"{source}: feature {index}: {problem}")
+            continue
+        properties = feature.get("properties") if isinstance(feature, dict) else None
+        speed = road_speed(
+            properties if isinstance(properties, dict) else None,
+            speed_field=speed_field,
+            default_speed_mph=default_speed_mph,
+        )
+        if speed.problem is not None:
+            warnings.append(f"{source}: feature {index}: no usable speed ({speed.problem})")
+        lines.append(line)
+        mph.append(np.nan if speed.mph is None else speed.mph)
+        mps.append(np.nan if speed.mps is None else speed.mps)
+    if ignored_types:
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(ignored_types.items()))
+        warnings.append(f"{source}: ignored {counts} feature(s): not road lines")
+    return RoadLabels(
+        source=source,
+        crs=crs,
+        lines=np.array(lines, dtype=object),
+        speed_mph=np.array(mph, dtype=np.float64),
+        speed_mps=np.array(mps, dtype=np.float64),
+        warnings=warnings,
+    )
+
+
+_NON_LINE_PROBLEMS = frozenset(
+    {"Point", "MultiPoint", "Polygon", "MultiPolygon", "GeometryCollection"}
+)
+
+
+def _feature_line(feature: Any) -> tuple[Any | None, str | None]:
+    """(line, None) for a usable road line; (None, problem) otherwise.
+
+    A problem that is a geometry type name means "not a line" (counted, not listed).
+    """
+    if not isinstance(feature, dict):
+        return None, "not a GeoJSON Feature object"
+    geometry = feature.get("geometry")
+    if geometry is None:
+        return None, "null geometry"
+    try:
+        shape = shapely.geometry.shape(geometry)
+    except Exception as exc:  # shapely raises many types for malformed coordinates
+        return None, f"unreadable geometry ({_short(exc)})"
+    if shape.geom_type not in _LINE_TYPES:
+        kind = shape.geom_type
+        return None, kind if kind in _NON_LINE_PROBLEMS else f"unsupported geometry {kind}"
+    if shape.is_empty:
+        return None, "empty geometry"
+    if not np.isfinite(shapely.get_coordinates(shape)).all():
+        return None, "geometry has NaN or infinite coordinates"
+    if not shape.is_valid:
+        repaired = _lines_only(shapely.make_valid(shape))
+        if repaired is None:
+            return None, "invalid geometry that could not be repaired"
+        return repaired, None
+    return shape, None
+
+
+def _lines_only(shape: Any) -> Any | None:
+    """The line parts of a repaired geometry (make_valid may add points), or None."""
+    if shape.geom_type in _LINE_TYPES and not shape.is_empty:
+        return shape
+    parts = [p for p in shapely.get_parts(shape) if p.geom_type in _LINE_TYPES]
+    if not parts:
+        return None
+    merged = shapely.multilinestrings(
+        [line for p in parts for line in shapely.get_parts(p)]
+    )
+    return merged if not merged.is_empty else None
+
+
+def _document_crs(document: dict[str, Any], source: str) -> CRS:
+    """The legacy GeoJSON `crs` member (SpaceNet labels carry one), else CRS84."""
+    member = document.get("crs")
+    if member is None:
+        return GEOJSON_DEFAULT_CRS
+    try:
+        name = member["properties"]["name"]
+        return CRS.from_user_input(str(name))
+    except (KeyError, TypeError, CRSError) as exc:
+        raise LabelError(source, f"unreadable 'crs' member {member!r} ({_short(exc)})") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."

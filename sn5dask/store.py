@@ -1,0 +1,156 @@
+"""The per-AOI Zarr store: created once by the client, one region written per chip task.
+
+Layout (Zarr format 3), read back by `xarray.open_zarr(path)` as a Dataset with dims
+`(chip, band, y, x)`:
+
+- `rgb` uint8 (chip, band, y, x); `mask_binary`, `mask_continuous`, `mask_binned` uint8
+  (chip, y, x); `mask_multichannel` uint8 (chip, channel, y, x): one chunk per chip.
+- coordinates `chip_id` (chip,), `transform` (chip, 6; affine a, b, c, d, e, f),
+  `crs` (chip,; index into `attrs["crs_wkt"]`), `height`, `width` (chip,): the true size
+  of each chip, which is padded with 0 up to the store's y/x size (the largest chip).
+
+Every array has fill value 0, and Zarr v3 fill values are not turned into `_FillValue` by
+xarray, so the arrays open as uint8 (no float promotion). Each chip task writes whole
+chunks at its own index, so no write locks are needed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+
+from sn5dask.masks import MASK_KINDS
+from sn5dask.raster import ChipHeader
+from sn5dask.speed import N_SPEED_CHANNELS
+
+COORDINATES = "chip_id transform crs height width"
+
+
+def _open(url: str, mode: str) -> zarr.Group:
+    from sn5dask.storage import storage_options
+
+    options = storage_options(url)
+    if url.startswith("s3://"):
+        return zarr.open_group(url, mode=mode, storage_options=options or None)
+    return zarr.open_group(url, mode=mode)
+
+
+def create_store(
+    url: str,
+    *,
+    chip_ids: Sequence[str],
+    headers: Mapping[str, ChipHeader],
+    n_bands: int,
+    mask_kinds: Sequence[str],
+    attrs: Mapping[str, Any],
+) -> None:
+    """Create (or replace) the store with all arrays and the per-chip coordinates.
+
+    Chips missing from `headers` (unreadable) keep NaN transforms and crs index -1.
+    """
+    height = max((h.height for h in headers.values()), default=1)
+    width = max((h.width for h in headers.values()), default=1)
+    crs_list = sorted({h.crs_wkt for h in headers.values()})
+    n = len(chip_ids)
+    group = _open(url, "w")
+    group.attrs.update({**attrs, "crs_wkt": crs_list})
+
+    def data_array(name: str, extra: tuple[tuple[str, int], ...]) -> None:
+        dims = ("chip",) + tuple(d for d, _ in extra) + ("y", "x")
+        shape = (n,) + tuple(s for _, s in extra) + (height, width)
+        group.create_array(
+            name,
+            shape=shape,
+            chunks=(1,) + shape[1:],
+            dtype="uint8",
+            fill_value=0,
+            dimension_names=dims,
+            attributes={"coordinates": COORDINATES},
+        )
+
+    data_array("rgb", (("band", n_bands),))
+    for kind in mask_kinds:
+        extra = (("channel", N_SPEED_CHANNELS + 1),) if kind == "multichannel" else ()
+        data_array(f"mask_{kind}", extra)
+
+    transforms = np.full((n, 6), np.nan)
+    crs_index = np.full(n, -1, dtype=np.int32)
+    heights = np.zeros(n, dtype=np.int32)
+    widths = np.zeros(n, dtype=np.int32)
+    for i, chip_id in enumerate(chip_ids):
+        header = headers.get(chip_id)
+        if header is None:
+            continue
+        transforms[i] = header.transform
+        crs_index[i] = crs_list.index(header.crs_wkt)
+        heights[i], widths[i] = header.height, header.width
+    _coordinate(group, "chip_id", np.array(list(chip_ids), dtype=str), ("chip",))
+    _coordinate(group, "transform", transforms, ("chip", "affine"))
+    _coordinate(group, "crs", crs_index, ("chip",), {"description": "index into attrs crs_wkt"})
+    _coordinate(group, "height", heights, ("chip",))
+    _coordinate(group, "width", widths, ("chip",))
+    # Consolidated metadata lets xarray open the store with one read (fast on S3); Zarr v3
+    # has no spec for it yet, hence zarr's warning, which says nothing actionable here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=UserWarning)
+        zarr.consolidate_metadata(group.store)
+
+
+def _coordinate(
+    group: zarr.Group,
+    name: str,
+    values: np.ndarray,
+    dims: tuple[str, ...],
+    attributes: dict[str, Any] | None = None,
+) -> None:
+    if values.dtype.kind == "U":
+        array = group.create_array(
+            name, shape=values.shape, dtype=str, dimension_names=dims, attributes=attributes or {}
+        )
+    else:
+        array = group.create_array(
+            name,
+            shape=values.shape,
+            dtype=values.dtype,
+            dimension_names=dims,
+            fill_value=np.nan if values.dtype.kind == "f" else 0,
+            attributes=attributes or {},
+        )
+    array[...] = values
+
+
+def store_chip_ids(url: str) -> list[str] | None:
+    """The chip ids of an existing store, or None when there is none (or it is unreadable)."""
+    try:
+        group = _open(url, "r")
+        return [str(v) for v in group["chip_id"][...]]
+    except Exception:  # a missing or half-created store is simply "no store"
+        return None
+
+
+def write_chip(
+    url: str, index: int, rgb: np.ndarray | None, masks: Mapping[str, np.ndarray]
+) -> None:
+    """Write one chip's whole chunks at `index` (padded with 0 to the store's size).
+
+    Arrays not given (e.g. masks of a chip without labels) are written as zeros, so a
+    re-written chip never keeps stale data from an earlier run.
+    """
+    group = _open(url, "r+")
+    _write_padded(group["rgb"], index, rgb)
+    for kind in MASK_KINDS:
+        name = f"mask_{kind}"
+        if name in group:
+            _write_padded(group[name], index, masks.get(kind))
+
+
+def _write_padded(array: Any, index: int, data: np.ndarray | None) -> None:
+    chunk = np.zeros(array.shape[1:], dtype=np.uint8)
+    if data is not None:
+        h, w = data.shape[-2:]
+        chunk[..., :h, :w] = data
+    array[index] = chunk
