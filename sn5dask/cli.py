@@ -79,7 +79,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -159,7 +159,9 @@ def _print_summary(summary, seconds: float) -> None:  # noqa: ANN001 - RunSummar
     out_console.print(table)
     for aoi in summary.aois:
         for chip_id, reason in aoi.failures:
-            out_console.print(f"[red]failed[/red] {aoi.aoi} {chip_id}: {reason}", highlight=False)
+            out_console.print(
+                f"[red]failed[/red] {aoi.aoi} {chip_id}: {reason}", highlight=False, soft_wrap=True
+            )
         if aoi.orphan_labels:
             out_console.print(
                 f"{aoi.aoi}: {len(aoi.orphan_labels)} label file(s) without an image "
@@ -233,7 +235,9 @@ def stats(
     unreadable = {n: s["unreadable_chips"] for n, s in result.items() if s["unreadable_chips"]}
     for name, errors in unreadable.items():
         for chip_id, reason in errors.items():
-            err_console.print(f"[red]unreadable[/red] {name} {chip_id}: {reason}", highlight=False)
+            err_console.print(
+                f"[red]unreadable[/red] {name} {chip_id}: {reason}", highlight=False, soft_wrap=True
+            )
     raise typer.Exit(1 if unreadable else 0)
 
 
@@ -248,7 +252,7 @@ def validate(out: Annotated[str, typer.Argument(help="An sn5dask output folder o
     except Sn5daskError as exc:
         raise _fail(str(exc)) from None
     for problem in report.problems:
-        out_console.print(f"[red]problem[/red] {problem}", highlight=False)
+        out_console.print(f"[red]problem[/red] {problem}", highlight=False, soft_wrap=True)
     verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
     out_console.print(
         f"validated {report.checked_chips} chips, {report.checked_files} files: {verdict}"

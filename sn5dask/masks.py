@@ -166,7 +166,7 @@ def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
 
 def _grid_centre_lonlat(grid: GeoBox) -> tuple[float, float]:
     height, width = grid.shape.yx
-    x, y = grid.affine * (width / 2.0, height / 2.0)
+    x, y = grid.affine @ (width / 2.0, height / 2.0)
     source = grid.crs.proj
     lonlat = CRS.from_epsg(4326)
     if source == lonlat:

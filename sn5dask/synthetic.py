@@ -215,7 +215,7 @@ def _road_features(
 ) -> list[dict]:
     features = []
     for road_id, points in enumerate(roads_px):
-        x, y = transform * (points[:, 0], points[:, 1])
+        x, y = transform @ (points[:, 0], points[:, 1])
         lon, lat = to_lonlat.transform(x, y)
         mph = float(SPEEDS_MPH[int(rng.integers(0, len(SPEEDS_MPH)))])
         features.append(

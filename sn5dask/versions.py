@@ -42,3 +42,7 @@ def _version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
+
+
+if __name__ == "__main__":  # `python -m sn5dask.versions`
+    show_versions()

@@ -1,0 +1,206 @@
+"""sn5dask.pipeline on a real LocalCluster: outputs checked pixel by pixel against the
+pure functions, resume, parameter changes, fault isolation, the lock, the cresi profile."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+
+import sn5dask
+from sn5dask.config import load_config
+from sn5dask.errors import LockError, ParamsChangedError
+from sn5dask.stretch import band_cut, stretch_to_uint8
+from tests.conftest import S01, write_tif
+
+AOI = "AOI_99_Synthetic"
+
+
+def config(root, out, **kwargs):
+    return load_config(None, root=str(root), out=str(out), **kwargs)
+
+
+def read(path) -> tuple[np.ndarray, dict]:
+    with rasterio.open(path) as src:
+        return src.read(), {"transform": src.transform, "crs": src.crs, "nodata": src.nodatavals,
+                            "dtypes": src.dtypes}
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every GeoTIFF's pixels + georef and every Zarr chunk's bytes."""
+    files = {}
+    for path in sorted(out.rglob("*.tif")):
+        data, meta = read(path)
+        files[str(path.relative_to(out))] = data.tobytes() + repr(meta).encode()
+    for path in sorted(out.rglob("*.zarr/*/c/**/*")):
+        if path.is_file():
+            files[str(path.relative_to(out))] = path.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def default_run(small_aoi, client, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    summary = sn5dask.run(config(small_aoi.root, out), client=client)
+    return small_aoi, out, summary
+
+
+def test_run_outputs_match_the_pure_functions(default_run) -> None:
+    aoi, out, summary = default_run
+    assert summary.exit_code == 0 and summary.aois[0].counts == {"ok": 6, "skipped": 0, "failed": 0}
+    out_aoi = out / AOI
+    stats = json.loads((out_aoi / "stats.json").read_text())
+
+    # Exact AOI percentiles: numpy on all valid pixels of the AOI.
+    chips = [read(p)[0] for p in aoi.images]
+    for band in (5, 3, 2):
+        values = np.concatenate([c[band - 1].ravel() for c in chips])
+        values = values[values > 0]
+        assert stats["values"][str(band)] == list(np.percentile(values, [2, 98]))
+        assert stats["valid_pixels"][str(band)] == values.size
+    cuts = [band_cut(*stats["values"][str(b)]) for b in (5, 3, 2)]
+
+    manifest = json.loads((out_aoi / "manifest.json").read_text())
+    assert manifest["aoi"] == AOI and manifest["params"]["profile"] == "sn5dask"
+    for i, image_path in enumerate(aoi.images):
+        entry = manifest["chips"][f"chip{i}"]
+        assert entry["status"] == "ok"
+        source, source_meta = read(image_path)
+        rgb, meta = read(out_aoi / entry["outputs"]["rgb"])
+        assert np.array_equal(rgb, stretch_to_uint8(source[[4, 2, 1]], cuts))
+        assert meta["transform"] == source_meta["transform"] and meta["crs"] == source_meta["crs"]
+        assert meta["nodata"] == (0.0, 0.0, 0.0) and meta["dtypes"] == ("uint8",) * 3
+        label = aoi.root / AOI / "geojson_roads_speed" / f"SN5_roads_train_{AOI}_geojson_roads_speed_chip{i}.geojson"
+        if not label.exists():
+            assert set(entry["outputs"]) == {"rgb", "zarr"}
+            assert any("no label file: masks not written" in w for w in entry["warnings"])
+            continue
+        expected = sn5dask.burn_masks(label, image_path, image=source)
+        for kind, mask in expected.items():
+            got, mask_meta = read(out_aoi / entry["outputs"][kind])
+            assert np.array_equal(got, mask if mask.ndim == 3 else mask[np.newaxis]), kind
+            assert mask_meta["transform"] == source_meta["transform"] and mask_meta["nodata"][0] is None
+    assert manifest["chips"]["chip4"]["zero_fraction"]["5"] == pytest.approx(0.35, abs=0.01)
+    assert not list(out.rglob("*.partial"))
+
+
+def test_zarr_store_matches_geotiffs(default_run) -> None:
+    aoi, out, _ = default_run
+    ds = xr.open_zarr(out / AOI / f"{AOI}.zarr")
+    assert dict(ds.sizes) == {"chip": 6, "band": 3, "y": 96, "x": 96, "channel": 8, "affine": 6}
+    assert ds.rgb.dims == ("chip", "band", "y", "x") and ds.mask_multichannel.dims == ("chip", "channel", "y", "x")
+    for name in ("rgb", "mask_binary", "mask_continuous", "mask_binned", "mask_multichannel"):
+        assert ds[name].dtype == np.uint8 and ds[name].chunks[0] == (1,) * 6
+    assert list(ds.chip_id.values) == [f"chip{i}" for i in range(6)]
+    manifest = json.loads((out / AOI / "manifest.json").read_text())
+    for i in range(6):
+        entry = manifest["chips"][f"chip{i}"]
+        assert entry["outputs"]["zarr"] == f"{AOI}.zarr#{i}"
+        rgb, meta = read(out / AOI / entry["outputs"]["rgb"])
+        assert np.array_equal(ds.rgb[i].values, rgb)
+        assert tuple(ds.transform[i].values) == tuple(meta["transform"])[:6]
+        assert rasterio.crs.CRS.from_wkt(ds.attrs["crs_wkt"][int(ds.crs[i])]) == meta["crs"]
+        if "binary" in entry["outputs"]:
+            assert np.array_equal(ds.mask_binary[i].values, read(out / AOI / entry["outputs"]["binary"])[0][0])
+        else:
+            assert not ds.mask_binary[i].values.any()
+
+
+def test_rerun_resumes_and_changed_params_exit(default_run, client, tmp_path) -> None:
+    aoi, out, _ = default_run
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    before = snapshot(work)
+    again = sn5dask.run(config(aoi.root, work), client=client)
+    assert again.aois[0].processed == 0 and again.exit_code == 0
+    assert snapshot(work) == before
+
+    # A lost output makes its chip redo; everything ends identical.
+    (work / AOI / "masks" / "binned" / f"SN5_roads_train_{AOI}_PS-RGB_chip2.tif").unlink()
+    redo = sn5dask.run(config(aoi.root, work), client=client)
+    assert redo.aois[0].processed == 1 and snapshot(work) == before
+
+    with pytest.raises(ParamsChangedError, match=r"percentiles: \[2.0, 98.0\] -> \[1.0, 99.0\]"):
+        sn5dask.run(config(aoi.root, work, percentiles="1,99"), client=client)
+    changed = sn5dask.run(config(aoi.root, work, percentiles="1,99", overwrite=True), client=client)
+    assert changed.aois[0].processed == 6
+    assert snapshot(work) != before
+
+
+def test_bad_chips_fail_alone(small_aoi, client, tmp_path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(small_aoi.root, root)
+    ps_ms = root / AOI / "PS-MS"
+    labels = root / AOI / "geojson_roads_speed"
+    (ps_ms / f"SN5_roads_train_{AOI}_PS-MS_chip0.tif").write_bytes(b"II*\x00garbage")
+    write_tif(ps_ms / f"SN5_roads_train_{AOI}_PS-MS_chip1.tif", np.ones((3, 96, 96), np.uint16))
+    (labels / f"SN5_roads_train_{AOI}_geojson_roads_speed_chip2.geojson").write_text('{"type": "Feat')
+    summary = sn5dask.run(config(root, tmp_path / "out"), client=client)
+    assert summary.exit_code == 1
+    assert summary.aois[0].counts == {"ok": 3, "skipped": 0, "failed": 3}
+    reasons = dict(summary.aois[0].failures)
+    assert "chip0.tif: cannot be read as a raster" in reasons["chip0"]
+    assert "chip1.tif: has 3 band(s) but --bands asks for band 5" in reasons["chip1"]
+    assert "chip2.geojson: not valid GeoJSON" in reasons["chip2"]
+    manifest = json.loads((tmp_path / "out" / AOI / "manifest.json").read_text())
+    assert manifest["chips"]["chip0"]["status"] == "failed" and manifest["chips"]["chip3"]["status"] == "ok"
+    assert (tmp_path / "out" / AOI / "PS-RGB" / f"SN5_roads_train_{AOI}_PS-RGB_chip3.tif").exists()
+
+
+def test_lock_stops_a_second_run(small_aoi, client, tmp_path) -> None:
+    out_aoi = tmp_path / "out" / AOI
+    out_aoi.mkdir(parents=True)
+    (out_aoi / ".sn5dask.lock").write_text(json.dumps({"host": "other-host", "pid": 4242}))
+    with pytest.raises(LockError, match="host other-host pid 4242"):
+        sn5dask.run(config(small_aoi.root, tmp_path / "out"), client=client)
+
+
+def test_stale_lock_of_a_dead_local_process_is_taken_over(small_aoi, client, tmp_path) -> None:
+    import socket
+
+    out_aoi = tmp_path / "out" / AOI
+    out_aoi.mkdir(parents=True)
+    (out_aoi / ".sn5dask.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 17}))
+    summary = sn5dask.run(config(small_aoi.root, tmp_path / "out", formats="geotiff"), client=client)
+    assert summary.exit_code == 0 and not (out_aoi / ".sn5dask.lock").exists()
+
+
+def test_cresi_profile_reproduces_case_s01_through_the_pipeline(client, tmp_path) -> None:
+    summary = sn5dask.run(config(S01 / "inputs", tmp_path, profile="cresi"), client=client)
+    assert summary.exit_code == 0
+    name = "SN5_roads_train_AOI_8_Mumbai_PS-MS_chip5.tif"
+    got, meta = read(tmp_path / "AOI_8_Mumbai" / "PS-RGB" / name.replace("PS-MS", "PS-RGB"))
+    expected, expected_meta = read(S01 / "expected" / "PS-RGB" / name)
+    assert np.array_equal(got, expected)
+    assert meta["transform"] == expected_meta["transform"] and meta["crs"] == expected_meta["crs"]
+    assert meta["nodata"] == expected_meta["nodata"] == (0.0, 0.0, 0.0)
+    entry = json.loads((tmp_path / "AOI_8_Mumbai" / "manifest.json").read_text())["chips"]["chip5"]
+    assert entry["percentiles"] == {"5": [126.0, 1011.0], "3": [170.0, 988.0], "2": [163.0, 908.0]}
+
+
+def test_cresi_skip_rule_keeps_masks(small_aoi, client, tmp_path) -> None:
+    summary = sn5dask.run(config(small_aoi.root, tmp_path, profile="cresi"), client=client)
+    assert summary.exit_code == 0 and summary.aois[0].counts == {"ok": 5, "skipped": 1, "failed": 0}
+    entry = json.loads((tmp_path / AOI / "manifest.json").read_text())["chips"]["chip4"]
+    assert entry["status"] == "skipped" and "band 5 is 34.4% zeros (>= 30%)" in entry["reason"]
+    assert "rgb" not in entry["outputs"] and "multichannel" in entry["outputs"]
+    assert not (tmp_path / AOI / "PS-RGB" / f"SN5_roads_train_{AOI}_PS-RGB_chip4.tif").exists()
+
+
+def test_chips_of_different_sizes_are_padded_in_zarr(client, tmp_path) -> None:
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    big = make_synthetic_aoi(tmp_path / "in", n_chips=2, size=80, with_edge_cases=False)
+    small = make_synthetic_aoi(tmp_path / "small", n_chips=1, size=50, seed=9, with_edge_cases=False)
+    small_name = big.images[0].parent / f"SN5_roads_train_{AOI}_PS-MS_chip7.tif"
+    shutil.copy(small.images[0], small_name)
+    sn5dask.run(config(tmp_path / "in", tmp_path / "out", masks="binary"), client=client)
+    ds = xr.open_zarr(tmp_path / "out" / AOI / f"{AOI}.zarr")
+    assert ds.sizes["y"] == 80 and list(ds.height.values) == [80, 80, 50]
+    rgb = read(tmp_path / "out" / AOI / "PS-RGB" / f"SN5_roads_train_{AOI}_PS-RGB_chip7.tif")[0]
+    assert np.array_equal(ds.rgb[2, :, :50, :50].values, rgb) and not ds.rgb[2, :, 50:, :].values.any()

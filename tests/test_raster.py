@@ -1,0 +1,106 @@
+"""sn5dask.raster: chip validation errors, exact georeferencing, atomic writes, GDAL env."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from sn5dask.errors import ImageError
+from sn5dask.raster import encode_geotiff, gdal_options, read_chip, read_header, write_geotiff
+from tests.conftest import S01, write_tif
+
+BANDS = (5, 3, 2)
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda p: write_tif(p, np.ones((8, 8, 8), np.float32)), "unsupported pixel type float32"),
+        (lambda p: write_tif(p, np.ones((8, 8, 8), np.int16)), "unsupported pixel type int16"),
+        (lambda p: write_tif(p, np.ones((3, 8, 8), np.uint16)), "has 3 band(s) but --bands asks for band 5"),
+        (lambda p: write_tif(p, np.ones((8, 8, 8), np.uint16), crs=None), "has no CRS"),
+        (lambda p: write_tif(p, np.ones((8, 8, 8), np.uint16), transform=Affine(1, 0.2, 0, 0.1, -1, 0)),
+         "rotated or sheared"),
+        (lambda p: p.write_bytes(b"this is not a TIFF at all"), "cannot be read as a raster"),
+    ],
+)
+def test_bad_chips_name_file_and_problem(tmp_path: Path, make, problem: str) -> None:
+    path = tmp_path / "chip.tif"
+    make(path)
+    with pytest.raises(ImageError) as info:
+        read_chip(str(path), BANDS)
+    assert str(path) in str(info.value) and problem in str(info.value)
+
+
+def test_truncated_tiff_fails_on_read(tmp_path: Path) -> None:
+    data = (S01 / "inputs" / "PS-MS" / "SN5_roads_train_AOI_8_Mumbai_PS-MS_chip5.tif").read_bytes()
+    path = tmp_path / "truncated.tif"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="cannot be read as a raster"):
+        read_chip(str(path), BANDS)
+
+
+def test_read_selected_and_all_bands(tmp_path: Path) -> None:
+    data = np.arange(8 * 6 * 5, dtype=np.uint16).reshape(8, 6, 5)
+    path = write_tif(tmp_path / "c.tif", data, nodata=0)
+    header, selected = read_chip(str(path), BANDS)
+    assert np.array_equal(selected, data[[4, 2, 1]])
+    _, everything = read_chip(str(path), BANDS, all_bands=True)
+    assert np.array_equal(everything, data)
+    assert (header.height, header.width, header.count, header.dtype) == (6, 5, 8, "uint16")
+    assert header.nodata == (0.0,) * 8
+    assert read_header(str(path)).grid.shape.yx == (6, 5)
+
+
+def test_geotiff_keeps_georeferencing_exactly(tmp_path: Path) -> None:
+    source = S01 / "inputs" / "PS-MS" / "SN5_roads_train_AOI_8_Mumbai_PS-MS_chip5.tif"
+    header = read_header(str(source))
+    rgb = np.random.default_rng(0).integers(0, 255, (3, 1300, 1300), dtype=np.uint8)
+    out = tmp_path / "sub" / "rgb.tif"
+    write_geotiff(str(out), rgb, header, nodata=0, photometric="RGB")
+    assert not list(out.parent.glob("*.partial"))
+    with rasterio.open(out) as dst, rasterio.open(source) as src:
+        assert dst.transform == src.transform and dst.crs == src.crs
+        assert dst.nodatavals == (0.0, 0.0, 0.0) and dst.dtypes == ("uint8",) * 3
+        assert dst.compression.name == "deflate" and dst.profile["tiled"]
+        assert np.array_equal(dst.read(), rgb)
+
+
+@pytest.mark.parametrize("compress", ["deflate", "zstd", "lzw", "none"])
+def test_every_codec_is_lossless(compress: str) -> None:
+    from sn5dask.raster import ChipHeader
+
+    header = ChipHeader(600, 700, 1, "uint8", (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), "EPSG:32611", (None,))
+    mask = np.zeros((8, 600, 700), np.uint8)
+    mask[3, 100:200] = 255
+    with rasterio.MemoryFile(encode_geotiff(mask, header, compress=compress)) as memfile:
+        with memfile.open() as src:
+            assert np.array_equal(src.read(), mask) and src.nodata is None
+
+
+def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sn5dask import storage
+
+    target = tmp_path / "out.tif"
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage.os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        storage.write_bytes_atomic(str(target), b"x" * 1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gdal_options_derived_from_aws_endpoint_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_S3_ENDPOINT", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5123")
+    options = gdal_options()
+    assert options["AWS_S3_ENDPOINT"] == "127.0.0.1:5123"
+    assert options["AWS_HTTPS"] == "NO" and options["AWS_VIRTUAL_HOSTING"] == "FALSE"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://minio.example:9000/")
+    assert gdal_options()["AWS_HTTPS"] == "YES"
