@@ -1,0 +1,119 @@
+"""Real distributed runs (slow): a `dask scheduler` + `dask worker` processes, a worker
+killed mid-run, the whole run killed (SIGKILL) or interrupted (SIGINT) and resumed.
+Every recovered output must equal an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+import sn5dask
+from sn5dask.config import load_config
+from tests.procs import kill_group, real_cluster, sn5dask_cli
+
+pytestmark = pytest.mark.slow
+AOI = "AOI_99_Synthetic"
+N_CHIPS = 16
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    files = {}
+    for path in sorted(out.rglob("*.tif")):
+        with rasterio.open(path) as src:
+            files[str(path.relative_to(out))] = (
+                src.read().tobytes() + repr((src.transform, src.crs, src.nodatavals)).encode()
+            )
+    for path in sorted(out.rglob("*.zarr/*/c/**/*")):
+        if path.is_file():
+            files[str(path.relative_to(out))] = path.read_bytes()
+    return files
+
+
+@pytest.fixture(scope="module")
+def big_aoi(tmp_path_factory):
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    return make_synthetic_aoi(tmp_path_factory.mktemp("big"), n_chips=N_CHIPS, size=1000, seed=7)
+
+
+@pytest.fixture(scope="module")
+def clean_run(big_aoi, client, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    summary = sn5dask.run(load_config(None, root=str(big_aoi.root), out=str(out)), client=client)
+    assert summary.exit_code == 0
+    return snapshot(out)
+
+
+def test_real_scheduler_and_workers_through_the_cli(big_aoi, clean_run, tmp_path) -> None:
+    with real_cluster(2) as cluster:
+        process = sn5dask_cli("run", big_aoi.root, "--out", tmp_path, "--scheduler", cluster.address)
+        output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "dask dashboard: http://127.0.0.1:" in output and "16/16" in output
+    assert snapshot(tmp_path) == clean_run
+
+
+def test_a_worker_killed_mid_run_loses_nothing(big_aoi, clean_run, tmp_path) -> None:
+    from distributed import Client
+
+    rgb_dir = tmp_path / AOI / "PS-RGB"
+    killed = threading.Event()
+
+    def kill_when_busy(victim) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if rgb_dir.exists() and len(list(rgb_dir.glob("*.tif"))) >= 2:
+                os.kill(victim.pid, signal.SIGKILL)
+                killed.set()
+                return
+            time.sleep(0.02)
+
+    with real_cluster(2) as cluster, Client(cluster.address) as client:
+        watcher = threading.Thread(target=kill_when_busy, args=(cluster.workers[0],))
+        watcher.start()
+        summary = sn5dask.run(load_config(None, root=str(big_aoi.root), out=str(tmp_path)), client=client)
+        watcher.join()
+        assert killed.is_set() and cluster.workers[0].poll() is not None
+    assert summary.exit_code == 0 and summary.aois[0].counts["ok"] == N_CHIPS
+    assert not list(tmp_path.rglob("*.partial"))
+    assert snapshot(tmp_path) == clean_run
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_the_whole_run_killed_then_resumed(big_aoi, clean_run, tmp_path, sig) -> None:
+    rgb_dir = tmp_path / AOI / "PS-RGB"
+    process = sn5dask_cli("run", big_aoi.root, "--out", tmp_path, "--workers", "2")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if rgb_dir.exists() and len(list(rgb_dir.glob("*.tif"))) >= 4:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be interrupted"
+    if sig == signal.SIGINT:
+        os.kill(process.pid, signal.SIGINT)  # Ctrl-C reaches the client process
+        process.communicate(timeout=60)
+        kill_group(process)  # and nothing of that run may linger
+    else:
+        kill_group(process, signal.SIGKILL)
+    manifest = tmp_path / AOI / "manifest.json"
+    done_before = set()
+    if manifest.exists():
+        chips = json.loads(manifest.read_text())["chips"]
+        done_before = {c for c, e in chips.items() if e["status"] == "ok"}
+    assert len(list(rgb_dir.glob("*.tif"))) < N_CHIPS
+
+    resumed = sn5dask_cli("run", big_aoi.root, "--out", tmp_path, "--workers", "2")
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert not list(tmp_path.rglob("*.partial")) and not (tmp_path / AOI / ".sn5dask.lock").exists()
+    assert snapshot(tmp_path) == clean_run
+    if sig == signal.SIGINT:
+        assert done_before, "Ctrl-C must leave a manifest of the chips already done"
