@@ -146,7 +146,7 @@ def _process(
         for kind, mask in masks.items():
             path = mask_relpath(kind, chip)
             raster.write_geotiff(
-                storage.join(job.out_aoi, path), mask, header, compress=config.compress
+                storage.join(job.out_aoi, path), mask, header, compress=config.compress, is_mask=True
             )
             result.outputs[kind] = path
         timings["write_masks"] = time.perf_counter() - started

@@ -34,7 +34,7 @@ from pyproj.database import query_utm_crs_info
 from rasterio.features import rasterize
 
 from sn5dask.labels import RoadLabels
-from sn5dask.speed import N_SPEED_CHANNELS, binned_value, continuous_value
+from sn5dask.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS, binned_value, continuous_value
 
 MASK_KINDS = ("binary", "continuous", "binned", "multichannel")
 PROFILES = ("sn5dask", "cresi")
@@ -272,29 +272,28 @@ def masks_from_speed_classes(
         road_lut = np.where(binned_lut > 0, 255, 0).astype(np.uint8)
 
     classes = speed_classes.classes
+    binary = np.take(road_lut, classes) if {"binary", "multichannel"} & set(kinds) else None
     out: dict[str, np.ndarray] = {}
-    binary = road_lut[classes] if {"binary", "multichannel"} & set(kinds) else None
     if "binary" in kinds:
         out["binary"] = binary
     if "continuous" in kinds:
-        out["continuous"] = continuous_lut[classes]
-    if "binned" in kinds or "multichannel" in kinds:
-        binned = binned_lut[classes]
-        if "binned" in kinds:
-            out["binned"] = binned
-        if "multichannel" in kinds:
-            out["multichannel"] = multichannel_from_binned(binned, binary)
+        out["continuous"] = np.take(continuous_lut, classes)
+    if "binned" in kinds:
+        out["binned"] = np.take(binned_lut, classes)
+    if "multichannel" in kinds:
+        channel = np.take(binned_lut // BIN_VALUE_STEP, classes)  # speed bin 1..7, 0 = none
+        out["multichannel"] = multichannel_from_channel(channel, binary)
     return {kind: out[kind] for kind in kinds}
 
 
-def multichannel_from_binned(binned: np.ndarray, binary: np.ndarray) -> np.ndarray:
-    """(8, H, W) uint8: band k (1..7) = 255 where binned // 36 == k; band 8 = `binary`."""
-    channel_lut = np.zeros(256, dtype=np.uint8)
-    channel_lut[:] = np.arange(256) // 36
-    channel = channel_lut[binned]
-    out = np.empty((N_SPEED_CHANNELS + 1,) + binned.shape, dtype=np.uint8)
+def multichannel_from_channel(channel: np.ndarray, binary: np.ndarray) -> np.ndarray:
+    """(8, H, W) uint8: band k (1..7) = 255 where `channel` (= binned // 36) == k;
+    band 8 = `binary`."""
+    out = np.empty((N_SPEED_CHANNELS + 1,) + channel.shape, dtype=np.uint8)
     for k in range(1, N_SPEED_CHANNELS + 1):
-        np.multiply(channel == k, 255, out=out[k - 1], casting="unsafe")
+        # Write the comparison straight into the output as 0/1 (a bool view), then scale.
+        np.equal(channel, k, out=out[k - 1].view(bool))
+    np.multiply(out[:N_SPEED_CHANNELS], 255, out=out[:N_SPEED_CHANNELS])
     out[N_SPEED_CHANNELS] = binary
     return out
 

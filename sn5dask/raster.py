@@ -22,8 +22,24 @@ from sn5dask.errors import ImageError
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
-# Tiled output; 512 px tiles: fewer, larger DEFLATE blocks than 256 (measured in benchmarks).
 GTIFF_BLOCK_SIZE = 512
+# Codec settings per output kind, measured on full-size chips (benchmarks/README.md):
+# - RGB imagery: horizontal differencing helps, and DEFLATE level 1 writes files within
+#   2 % of level 6's size in about half the time.
+# - Masks: long runs of equal values; differencing only adds edges, and the level hardly
+#   changes the time, so GDAL's default level 6 keeps them smallest.
+_IMAGE_CODEC = {
+    "deflate": {"compress": "deflate", "predictor": 2, "zlevel": 1},
+    "zstd": {"compress": "zstd", "predictor": 2, "zstd_level": 1},
+    "lzw": {"compress": "lzw", "predictor": 2},
+    "none": {},
+}
+_MASK_CODEC = {
+    "deflate": {"compress": "deflate", "zlevel": 6},
+    "zstd": {"compress": "zstd", "zstd_level": 1},
+    "lzw": {"compress": "lzw"},
+    "none": {},
+}
 
 
 def gdal_options() -> dict[str, str]:
@@ -141,12 +157,15 @@ def encode_geotiff(
     compress: str = "deflate",
     nodata: float | None = None,
     photometric: str | None = None,
+    is_mask: bool = False,
 ) -> bytes:
     """GeoTIFF bytes of a (band, y, x) or (y, x) uint8 array on the chip's grid.
 
-    Tiled (512 px) with the given lossless codec; CRS and transform copied exactly.
-    DEFLATE/ZSTD/LZW use the horizontal-differencing predictor.
+    Tiled (512 px) with the given lossless codec (settings per kind: `_IMAGE_CODEC`,
+    `_MASK_CODEC`); CRS and transform copied exactly.
     """
+    if compress not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compress!r}; choose from {COMPRESSIONS}")
     if array.ndim == 2:
         array = array[np.newaxis]
     profile: dict[str, object] = {
@@ -162,9 +181,7 @@ def encode_geotiff(
     }
     if min(array.shape[1:]) >= GTIFF_BLOCK_SIZE:
         profile.update(tiled=True, blockxsize=GTIFF_BLOCK_SIZE, blockysize=GTIFF_BLOCK_SIZE)
-    if compress != "none":
-        profile["compress"] = compress
-        profile["predictor"] = 2
+    profile.update((_MASK_CODEC if is_mask else _IMAGE_CODEC)[compress])
     if photometric:
         profile["photometric"] = photometric
     with gdal_env(), MemoryFile() as memfile:

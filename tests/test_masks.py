@@ -285,6 +285,10 @@ def test_multichannel_bands_disjoint_within_band8_and_inside_footprint(features,
     assert (mc[:7].sum(axis=0) <= 1).all()
     assert not (mc[:7].any(axis=0) & ~mc[7]).any()
     assert np.array_equal(masks["binary"] > 0, mc[7])
+    # DESIGN.md §4 written out naively: band k = 255 where binned // 36 == k; band 8 = binary.
+    for k in range(1, 8):
+        assert np.array_equal(masks["multichannel"][k - 1], np.where(masks["binned"] // 36 == k, 255, 0))
+    assert np.array_equal(masks["multichannel"][7], masks["binary"])
     speeds = labels.speed_mph
     if len(speeds) and np.all(np.isfinite(speeds) & (speeds > 0)):
         assert np.array_equal(mc[:7].any(axis=0), mc[7])
