@@ -75,6 +75,7 @@ class AoiSummary:
     counts: dict[str, int]
     seconds: float
     processed: int
+    scan_seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)
     orphan_labels: list[str] = field(default_factory=list)
     timings: list[dict[str, float]] = field(default_factory=list)
@@ -125,7 +126,9 @@ def run_aoi(
         storage.remove_partials(out_aoi)  # left by a run that was killed mid-write
         previous = read_manifest(out_aoi)
         with_histogram = config.stretch_scope == "aoi"
+        scan_started = time.perf_counter()
         stats = scan_aoi(client, catalog.chips, config, with_histogram)
+        scan_seconds = time.perf_counter() - scan_started
         params = _aoi_params(config, catalog, stats)
         _check_params(previous, params, config, out_aoi)
 
@@ -168,6 +171,7 @@ def run_aoi(
         counts=counts,
         seconds=time.perf_counter() - started,
         processed=len(todo),
+        scan_seconds=scan_seconds,
         failures=[(cid, e["reason"]) for cid, e in manifest.chips.items() if e["status"] == "failed"],
         orphan_labels=catalog.orphan_labels,
         timings=timings,

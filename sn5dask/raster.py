@@ -7,6 +7,7 @@ so reads run in parallel across threads and processes.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from sn5dask import storage
 from sn5dask.errors import ImageError
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
+#: How often this process decoded each chip's pixels (benchmarks read it from every worker
+#: to show each chip is read at most twice). Diagnostics only; nothing depends on it.
+PIXEL_READS: Counter[str] = Counter()
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 GTIFF_BLOCK_SIZE = 512
 # Codec settings per output kind, measured on full-size chips (benchmarks/README.md):
@@ -140,6 +144,7 @@ def read_chip(
         with gdal_env(), rasterio.open(path) as src:
             header = _validate(path, src, bands)
             data = src.read() if all_bands else src.read(list(bands))
+            PIXEL_READS[path] += 1
     except RasterioError as exc:
         raise ImageError(path, f"cannot be read as a raster ({exc})") from None
     return header, data
