@@ -6,7 +6,7 @@ Public API: `run`, `open_aoi`, `aoi_percentiles`, `burn_masks`, `stretch_to_uint
 
 from __future__ import annotations
 
-from sn5dask.api import aoi_percentiles, burn_masks, open_aoi
+from sn5dask.api import aoi_histograms, aoi_percentiles, burn_masks, open_aoi
 from sn5dask.config import RunConfig, load_config
 from sn5dask.errors import Sn5daskError
 from sn5dask.pipeline import run
@@ -15,6 +15,7 @@ from sn5dask.versions import show_versions
 
 __all__ = [
     "RunConfig",
+    "aoi_histograms",
     "Sn5daskError",
     "aoi_percentiles",
     "burn_masks",

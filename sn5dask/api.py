@@ -18,7 +18,7 @@ from sn5dask import storage
 from sn5dask.catalog import discover
 from sn5dask.labels import RoadLabels, parse_road_labels
 from sn5dask.masks import MASK_KINDS, burn_chip_masks
-from sn5dask.pipeline import scan_graph
+from sn5dask.pipeline import scan_graph, scan_tree
 from sn5dask.raster import read_header
 
 log = logging.getLogger("sn5dask")
@@ -96,6 +96,23 @@ def aoi_percentiles(
         final = scan_graph(catalog.chips, bands, percentiles, with_histogram=True)
         stats = client.compute(final).result() if client is not None else final.compute()
         out[catalog.aoi] = {**stats.as_json(), "unreadable_chips": stats.errors}
+    return out
+
+
+def aoi_histograms(
+    root: str, aoi: str | None = None, *, bands: Sequence[int] = (5, 3, 2), client: Any = None
+) -> dict[str, np.ndarray]:
+    """Per AOI, the summed histogram of valid pixels of each band: int64 (band, 65536),
+    row i for `bands[i]` (value v counted in column v). For plots; percentiles come from
+    the same numbers. Uses `client` when given, else dask's default scheduler."""
+    out: dict[str, np.ndarray] = {}
+    for catalog in discover(root, [aoi] if aoi else None):
+        tree = scan_tree(catalog.chips, bands, with_histogram=True)
+        scan = client.compute(tree).result() if client is not None else tree.compute()
+        if scan.histogram is None:
+            out[catalog.aoi] = np.zeros((len(bands), 65536), dtype=np.int64)
+        else:
+            out[catalog.aoi] = scan.histogram
     return out
 
 

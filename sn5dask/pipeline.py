@@ -180,6 +180,19 @@ def run_aoi(
     return summary
 
 
+def scan_tree(
+    chips: Sequence[ChipRecord], bands: Sequence[int], with_histogram: bool, use_nodata: bool = True
+) -> Any:
+    """Delayed `AoiScan` of all chips: `scan_chip` per chip summed by a tree of
+    `combine_scans` (fan-in 8), so no task ever holds more than 8 partial sums."""
+    scan = dask.delayed(scan_chip, pure=False)
+    combine = dask.delayed(combine_scans, pure=False)
+    level = [scan(chip, tuple(bands), with_histogram, use_nodata) for chip in chips]
+    while len(level) > 1:
+        level = [combine(*level[i : i + TREE_FAN_IN]) for i in range(0, len(level), TREE_FAN_IN)]
+    return level[0]
+
+
 def scan_graph(
     chips: Sequence[ChipRecord],
     bands: Sequence[int],
@@ -187,15 +200,13 @@ def scan_graph(
     with_histogram: bool,
     use_nodata: bool = True,
 ) -> Any:
-    """The scan pass as one delayed object: `scan_chip` per chip, a tree of
-    `combine_scans` (fan-in 8), then `finalize_scan`, which computes to `AoiStats`."""
-    scan = dask.delayed(scan_chip, pure=False)
-    combine = dask.delayed(combine_scans, pure=False)
-    level = [scan(chip, tuple(bands), with_histogram, use_nodata) for chip in chips]
-    while len(level) > 1:
-        level = [combine(*level[i : i + TREE_FAN_IN]) for i in range(0, len(level), TREE_FAN_IN)]
+    """The scan pass as one delayed object that computes to `AoiStats` (the tree, then
+    `finalize_scan` on a worker: only percentiles and headers reach the client)."""
     return dask.delayed(finalize_scan, pure=False)(
-        level[0], tuple(bands), tuple(percentiles), with_histogram
+        scan_tree(chips, bands, with_histogram, use_nodata),
+        tuple(bands),
+        tuple(percentiles),
+        with_histogram,
     )
 
 

@@ -58,13 +58,15 @@ def make_synthetic_aoi(
     size: int = 1300,
     seed: int = 0,
     crs: str = "EPSG:4326",
-    roads_per_chip: tuple[int, int] = (25, 60),
+    roads_per_chip: tuple[int, int] | None = None,
     compress: str | None = None,
     with_edge_cases: bool = True,
 ) -> SyntheticAoi:
     """Write a synthetic AOI under `root` and return its paths.
 
     `crs`: "EPSG:4326" (lon/lat grid) or "utm" (the WGS84 UTM zone of the origin).
+    `roads_per_chip`: (min, max) roads per chip; default 25-60 on a 1300 px chip, scaled
+    with the chip's side for smaller chips (at least 2-4).
     `with_edge_cases`: zero margins on some chips (chip 1: 10 % top rows; chip 4: 35 %
     left columns, which CRESI's skip rule would drop), an empty FeatureCollection on the
     second-to-last chip and no label file for the last chip (needs `n_chips >= 3`).
@@ -79,6 +81,9 @@ def make_synthetic_aoi(
     raster_crs, origin_xy, pixel_xy = _aoi_grid(crs)
     to_lonlat = Transformer.from_crs(raster_crs, CRS.from_epsg(4326), always_xy=True)
     columns = max(1, math.ceil(math.sqrt(n_chips)))
+    if roads_per_chip is None:
+        scale = size / 1300
+        roads_per_chip = (max(2, round(25 * scale)), max(4, round(60 * scale)))
 
     images: list[Path] = []
     labels: list[Path] = []

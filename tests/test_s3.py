@@ -68,9 +68,10 @@ def test_s3_in_s3_out_equals_local(small_aoi, s3_env, tmp_path, monkeypatch) -> 
                     rasterio.open(tmp_path / "local" / AOI / relpath) as here:
                 assert np.array_equal(remote.read(), here.read()), (chip_id, kind)
                 assert remote.transform == here.transform and remote.crs == here.crs
+    # chunks=None: read here, not on a dask cluster some other test may have left as default
     remote_ds = xr.open_zarr(f"s3://spacenet/out/{AOI}/{AOI}.zarr",
-                             storage_options=storage_options("s3://x"))
-    local_ds = xr.open_zarr(tmp_path / "local" / AOI / f"{AOI}.zarr")
+                             storage_options=storage_options("s3://x"), chunks=None)
+    local_ds = xr.open_zarr(tmp_path / "local" / AOI / f"{AOI}.zarr", chunks=None)
     for name in local_ds.data_vars:
         assert remote_ds[name].dtype == np.uint8
         assert np.array_equal(remote_ds[name].values, local_ds[name].values), name

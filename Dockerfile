@@ -1,0 +1,29 @@
+# sn5dask image: the `sn5dask` CLI plus `dask scheduler` / `dask worker`, one image for the
+# client, the scheduler and the workers (AWS, Kubernetes, docker compose).
+#   docker build -t sn5dask:0.1.0 .
+#   docker run --rm sn5dask:0.1.0 sn5dask demo /tmp/demo
+#   docker run --rm -p 8786:8786 -p 8787:8787 sn5dask:0.1.0 dask scheduler
+#   docker run --rm sn5dask:0.1.0 dask worker tcp://scheduler:8786 --nthreads 1
+# Dependencies come from pyproject.toml (the same ranges as a pip install); rasterio,
+# pyproj and shapely wheels carry GDAL, PROJ and GEOS, so no system GIS packages are needed.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR
+
+WORKDIR /opt/sn5dask
+COPY pyproject.toml README.md ./
+COPY sn5dask ./sn5dask
+RUN python -m pip install --upgrade pip && \
+    python -m pip install '.[aws]' && \
+    sn5dask versions
+
+RUN useradd --create-home --uid 1000 sn5dask
+USER sn5dask
+WORKDIR /home/sn5dask
+
+EXPOSE 8786 8787
+CMD ["sn5dask", "--help"]

@@ -1,0 +1,256 @@
+"""deploy/ and the Dockerfile: Kubernetes manifests against the operator's own CRD
+schemas, the AWS cluster spec against dask-cloudprovider, the Dockerfile's install
+commands in a fresh venv, and deploy/submit.sh end to end (real cluster, moto S3)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import inspect
+import json
+import os
+import re
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from tests.conftest import REPO
+from tests.procs import moto_server, real_cluster
+
+DEPLOY = REPO / "deploy"
+sys.path.insert(0, str(DEPLOY / "aws"))
+import launch  # noqa: E402
+
+
+# --- Kubernetes ------------------------------------------------------------------------
+
+def crd_schema(kind: str) -> dict:
+    crds = importlib.resources.files("dask_kubernetes") / "operator/deployment/helm/dask-kubernetes-operator/crds"
+    crd = yaml.safe_load((crds / f"{kind.lower()}.yaml").read_text())
+    assert crd["spec"]["names"]["kind"] == kind
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return strict(version["schema"]["openAPIV3Schema"])
+
+
+def strict(schema: dict) -> dict:
+    """Kubernetes prunes unknown fields silently; reject them instead (kubectl
+    --validate=strict), so a typo in a field name fails here. `int-or-string` too."""
+    schema = copy.deepcopy(schema)
+
+    def visit(node):
+        if isinstance(node, dict):
+            if node.pop("x-kubernetes-int-or-string", False):
+                node.pop("type", None)
+                node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+            if "properties" in node and "additionalProperties" not in node and not node.get(
+                "x-kubernetes-preserve-unknown-fields"
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(schema)
+    return schema
+
+
+def manifests(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if d]
+
+
+@pytest.mark.parametrize(("name", "kind"), [("daskjob.yaml", "DaskJob"), ("daskcluster.yaml", "DaskCluster")])
+def test_k8s_manifests_validate_against_the_operator_crds(name: str, kind: str) -> None:
+    documents = manifests(name)
+    [resource] = [d for d in documents if d["kind"] == kind]
+    assert resource["apiVersion"] == "kubernetes.dask.org/v1"
+    body = {k: v for k, v in resource.items() if k not in ("apiVersion", "kind", "metadata")}
+    jsonschema.validate(body, crd_schema(kind))
+
+
+def test_strict_schema_catches_a_typo() -> None:
+    [job] = [d for d in manifests("daskjob.yaml") if d["kind"] == "DaskJob"]
+    job["spec"]["cluster"]["spec"]["worker"]["replica"] = job["spec"]["cluster"]["spec"]["worker"].pop("replicas")
+    with pytest.raises(jsonschema.ValidationError, match="replica"):
+        jsonschema.validate({"spec": job["spec"]}, crd_schema("DaskJob"))
+
+
+def test_daskjob_runs_the_config_from_its_configmap_with_one_image() -> None:
+    documents = manifests("daskjob.yaml")
+    [config_map] = [d for d in documents if d["kind"] == "ConfigMap"]
+    [job] = [d for d in documents if d["kind"] == "DaskJob"]
+    run_config = yaml.safe_load(config_map["data"]["run.yaml"])
+    from sn5dask.config import RunConfig
+
+    RunConfig(**run_config)  # the embedded run config is valid
+    pod = job["spec"]["job"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["sn5dask", "run", "--config", "/config/run.yaml"]
+    assert pod["volumes"][0]["configMap"]["name"] == config_map["metadata"]["name"]
+    images = set(re.findall(r"image: (\S+)", (DEPLOY / "k8s" / "daskjob.yaml").read_text()))
+    images |= set(re.findall(r"image: (\S+)", (DEPLOY / "k8s" / "daskcluster.yaml").read_text()))
+    assert len(images) == 1
+    worker = job["spec"]["cluster"]["spec"]["worker"]["spec"]["containers"][0]
+    assert worker["args"][:2] == ["dask", "worker"] and "--nthreads" in worker["args"]
+    service = job["spec"]["cluster"]["spec"]["scheduler"]["service"]
+    assert service["selector"]["dask.org/cluster-name"] == job["metadata"]["name"]
+
+
+# --- AWS -------------------------------------------------------------------------------
+
+def accepted_parameters(cls) -> set[str]:
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            names |= set(inspect.signature(klass.__init__).parameters) - {"self", "kwargs", "args"}
+    return names
+
+
+@pytest.mark.parametrize("backend", ["fargate", "ec2"])
+def test_aws_cluster_spec_uses_real_dask_cloudprovider_parameters(backend: str) -> None:
+    import dask_cloudprovider.aws as aws
+
+    args = launch.build_parser().parse_args([
+        "run.yaml", "--backend", backend, "--image", "123.dkr.ecr.us-east-1.amazonaws.com/sn5dask:0.1.0",
+        "--workers", "16", "--region", "us-east-1", "--task-role-arn", "arn:aws:iam::1:role/t",
+        "--iam-instance-profile", "p", "--subnet", "subnet-1", "--security-group", "sg-1", "--spot"])  # fmt: skip
+    class_name, spec = launch.cluster_spec(args)
+    cls = getattr(aws, class_name)
+    if class_name == "FargateCluster":
+        allowed = accepted_parameters(aws.ECSCluster)  # FargateCluster passes **kwargs on
+        assert spec["worker_cpu"] == 1024 and spec["worker_nthreads"] == 1 and spec["fargate_spot"]
+    else:
+        allowed = accepted_parameters(cls)
+        assert spec["worker_options"] == {"nthreads": 1}
+    unknown = set(spec) - allowed
+    assert not unknown, f"{class_name} has no parameter(s) {unknown}"
+    assert spec["n_workers"] == 16
+    json.dumps(spec)  # printable with --print-spec
+
+
+def test_aws_print_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("root: s3://b/in\nout: s3://b/out\n")
+    assert launch.main([str(config), "--image", "img:1", "--print-spec"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["class"] == "FargateCluster" and printed["kwargs"]["image"] == "img:1"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("root: s3://b/in\n")
+    assert launch.main([str(bad), "--image", "img:1", "--print-spec"]) == 2
+
+
+# --- Dockerfile ------------------------------------------------------------------------
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [tuple(line.split(None, 1)) for line in lines]  # type: ignore[misc]
+
+
+def test_dockerfile_statically() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0] == ("FROM", "python:3.11-slim-bookworm")
+    runs = [arg for op, arg in instructions if op == "RUN"]
+    installs = [cmd for run in runs for cmd in run.split("&&") if "pip install" in cmd]
+    # Dependencies come from pyproject.toml only: the project itself is installed, nothing pinned aside.
+    assert any(re.search(r"pip install '\.\[aws\]'", cmd) for cmd in installs)
+    assert all(re.search(r"pip install (--upgrade pip|'\.\[aws\]')$", cmd.strip()) for cmd in installs)
+    copies = [arg for op, arg in instructions if op == "COPY"]
+    assert "pyproject.toml README.md ./" in copies and "sn5dask ./sn5dask" in copies
+    assert ("USER", "sn5dask") in instructions
+    assert any(op == "EXPOSE" and "8786" in arg and "8787" in arg for op, arg in instructions)
+
+
+@pytest.mark.slow
+def test_dockerfile_install_commands_in_a_fresh_venv(tmp_path: Path) -> None:
+    """The Dockerfile's own RUN install lines, in a fresh venv built from a copy of what
+    the COPY lines bring in; then `sn5dask demo` there."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for op, arg in dockerfile_instructions():
+        if op == "COPY":
+            *sources, _ = arg.split()
+            for source in sources:
+                src = REPO / source
+                (context / source).parent.mkdir(parents=True, exist_ok=True)
+                if src.is_dir():
+                    import shutil
+
+                    shutil.copytree(src, context / source, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    (context / source).write_bytes(src.read_bytes())
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VIRTUAL_ENV": str(env_dir)}
+    environment.pop("PYTHONPATH", None)
+    for op, arg in dockerfile_instructions():
+        if op == "RUN" and "pip install" in arg:
+            result = subprocess.run(arg, shell=True, cwd=context, env=environment, capture_output=True,
+                                    text=True, timeout=1200)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    demo = subprocess.run(["sn5dask", "demo", str(tmp_path / "demo"), "--chips", "3", "--size", "64",
+                           "--workers", "1"], cwd=tmp_path, env=environment, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    rgb = next((tmp_path / "demo" / "output").rglob("PS-RGB/*.tif"))
+    with rasterio.open(rgb) as src:
+        assert src.count == 3 and src.dtypes[0] == "uint8"
+
+
+# --- deploy/submit.sh ------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_submit_script_real_cluster_and_s3(small_aoi, tmp_path: Path) -> None:
+    import boto3
+
+    with moto_server() as s3_env:
+        s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
+        s3.create_bucket(Bucket="batch")
+        for path in small_aoi.root.rglob("*"):
+            if path.is_file():
+                s3.upload_file(str(path), "batch", f"in/{path.relative_to(small_aoi.root)}")
+        config = tmp_path / "run.yaml"
+        config.write_text("root: s3://batch/in\nout: s3://batch/out\nformats: [geotiff, zarr]\n")
+        environment = {**os.environ, **s3_env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        with real_cluster(2, env=s3_env) as cluster:
+            environment["DASK_SCHEDULER_ADDRESS"] = cluster.address
+            result = subprocess.run([str(DEPLOY / "submit.sh"), str(config)], env=environment,
+                                    capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"running {config} on {cluster.address}" in result.stderr
+        assert "6/6" in result.stderr  # the progress bar streamed
+        manifest = json.loads(s3.get_object(Bucket="batch", Key="out/AOI_99_Synthetic/manifest.json")["Body"].read())
+        assert manifest["counts"] == {"ok": 6, "skipped": 0, "failed": 0}
+
+        # A chip that cannot be read: the script returns the run's exit code 1.
+        s3.put_object(Bucket="batch", Key="in/AOI_99_Synthetic/PS-MS/SN5_roads_train_AOI_99_Synthetic_PS-MS_chip9.tif",
+                      Body=b"not a tiff")
+        environment.pop("DASK_SCHEDULER_ADDRESS")
+        environment["SN5DASK_WORKERS"] = "1"
+        environment["SN5DASK_SCHEDULER_PORT"] = str(__import__("tests.procs", fromlist=["free_port"]).free_port())
+        config.write_text("root: s3://batch/in\nout: s3://batch/out2\nformats: [geotiff]\n")
+        failed = subprocess.run([str(DEPLOY / "submit.sh"), str(config)], env=environment,
+                                capture_output=True, text=True, timeout=600)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "started a scheduler" in failed.stderr and "chip9" in failed.stdout
+    assert subprocess.run([str(DEPLOY / "submit.sh")], capture_output=True).returncode == 2
+
+
+def test_submit_script_passes_bad_config_exit_code(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text("root: /nonexistent\nout: /tmp/x\nprofile: cresi\nstretch: aoi\n")
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run([str(DEPLOY / "submit.sh"), str(config)], env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--stretch aoi is refused" in result.stderr
