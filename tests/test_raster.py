@@ -67,19 +67,27 @@ def test_geotiff_keeps_georeferencing_exactly(tmp_path: Path) -> None:
         assert dst.transform == src.transform and dst.crs == src.crs
         assert dst.nodatavals == (0.0, 0.0, 0.0) and dst.dtypes == ("uint8",) * 3
         assert dst.compression.name == "deflate" and dst.profile["tiled"]
+        assert dst.block_shapes == [(656, 656)] * 3
         assert np.array_equal(dst.read(), rgb)
 
 
+@pytest.mark.parametrize("is_mask", [False, True])
 @pytest.mark.parametrize("compress", ["deflate", "zstd", "lzw", "none"])
-def test_every_codec_is_lossless(compress: str) -> None:
+def test_every_codec_is_lossless(compress: str, is_mask: bool) -> None:
     from sn5dask.raster import ChipHeader
 
     header = ChipHeader(600, 700, 1, "uint8", (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), "EPSG:32611", (None,))
     mask = np.zeros((8, 600, 700), np.uint8)
     mask[3, 100:200] = 255
-    with rasterio.MemoryFile(encode_geotiff(mask, header, compress=compress)) as memfile:
+    with rasterio.MemoryFile(encode_geotiff(mask, header, compress=compress, is_mask=is_mask)) as memfile:
         with memfile.open() as src:
             assert np.array_equal(src.read(), mask) and src.nodata is None
+
+
+def test_block_size_fits_the_chip() -> None:
+    from sn5dask.raster import block_size
+
+    assert [block_size(s) for s in (1300, 1024, 1025, 650, 96, 50, 3000)] == [656, 1024, 528, 656, 96, 64, 1008]
 
 
 def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
