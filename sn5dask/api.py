@@ -10,7 +10,6 @@ from os import PathLike
 from typing import Any
 
 import numpy as np
-import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
@@ -116,7 +115,7 @@ def aoi_histograms(
     return out
 
 
-def open_aoi(root: str, aoi: str, *, bands: Sequence[int] | None = None) -> xr.DataArray:
+def open_aoi(root: str, aoi: str, *, bands: Sequence[int] | None = None) -> Any:
     """One AOI as a lazy (chip, band, y, x) DataArray, one dask chunk per chip.
 
     Built with rioxarray (`lock=False`, so reads run in parallel). Chip pixel coordinates
@@ -125,6 +124,7 @@ def open_aoi(root: str, aoi: str, *, bands: Sequence[int] | None = None) -> xr.D
     0 up to the largest; `height`/`width` give each chip's true size. Only headers are read.
     """
     import rioxarray
+    import xarray as xr
 
     catalogs = discover(root, [aoi])
     chips = catalogs[0].chips

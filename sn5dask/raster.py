@@ -12,15 +12,18 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
-from odc.geo.geobox import GeoBox
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 
 from sn5dask import storage
 from sn5dask.errors import ImageError
+
+if TYPE_CHECKING:
+    from odc.geo.geobox import GeoBox
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 #: How often this process decoded each chip's pixels (benchmarks read it from every worker
@@ -90,6 +93,7 @@ class ChipHeader:
     @property
     def grid(self) -> GeoBox:
         from affine import Affine
+        from odc.geo.geobox import GeoBox  # only chip tasks need it, not the scan pass
 
         return GeoBox((self.height, self.width), Affine(*self.transform), self.crs_wkt)
 
