@@ -170,6 +170,8 @@ def _stretch(
     nodata = None if cresi else [header.nodata[b - 1] for b in config.bands]
     fractions = zero_fractions(bands)
     result.zero_fraction = {str(b): round(f, 6) for b, f in zip(config.bands, fractions, strict=True)}
+    if min(fractions) == 1.0:
+        result.warnings.append(f"{chip.image}: every pixel of bands {list(config.bands)} is 0 (all nodata)")
     if cresi and max(fractions) >= CRESI_MAX_ZERO_FRACTION:
         worst = max(range(len(fractions)), key=fractions.__getitem__)
         result.status = "skipped"
@@ -229,4 +231,5 @@ def _burn(
         profile=config.profile,
         buffer_m=config.buffer_m,
         image=image,
+        warnings=result.warnings,
     )

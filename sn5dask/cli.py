@@ -69,13 +69,16 @@ class RichReporter:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
+    handler = RichHandler(console=err_console, show_path=False)
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[handler])
     # Road-level warnings go to the manifest; on the terminal they would drown the progress.
     logging.getLogger("sn5dask").setLevel(logging.INFO if verbose else logging.ERROR)
+    # distributed logs its cluster's life at INFO through its own loggers: keep the
+    # terminal for the progress bar and real problems.
+    for name in ("distributed", "bokeh"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -136,6 +139,9 @@ def _run_and_report(cfg) -> int:  # noqa: ANN001 - RunConfig
     except Sn5daskError as exc:
         reporter.stop()
         raise _fail(str(exc), 1) from None
+    except OSError as exc:  # e.g. stats.json or the lock on a full or read-only disk
+        reporter.stop()
+        raise _fail(f"{exc.filename or cfg.out}: {exc.strerror or exc}", 1) from None
     finally:
         reporter.stop()
     _print_summary(summary, time.perf_counter() - started)

@@ -55,6 +55,7 @@ class SpeedClasses:
 
     classes: np.ndarray
     speed_mph: np.ndarray
+    roads_on_chip: int = 0  # buffered roads that touch the chip's footprint
 
 
 def burn_speed_classes(
@@ -68,7 +69,7 @@ def burn_speed_classes(
     _check_profile(profile)
     height, width = grid.shape.yx
     if len(labels) == 0:
-        return SpeedClasses(np.zeros((height, width), np.uint8), np.array([0.0]))
+        return SpeedClasses(np.zeros((height, width), np.uint8), np.array([0.0]), 0)
     if profile == "cresi":
         polygons, class_speeds = _cresi_polygons(labels, grid, buffer_m)
     else:
@@ -79,6 +80,8 @@ def burn_speed_classes(
         for polygon, class_index in polygons
         if polygon is not None and not polygon.is_empty
     ]
+    footprint = shapely.box(*grid.extent.boundingbox)
+    roads_on_chip = int(np.count_nonzero(shapely.intersects([p for p, _ in shapes], footprint))) if shapes else 0
     if shapes:
         classes = rasterize(
             shapes,
@@ -90,7 +93,7 @@ def burn_speed_classes(
         )
     else:
         classes = np.zeros((height, width), dtype)
-    return SpeedClasses(classes, np.concatenate([[0.0], class_speeds]))
+    return SpeedClasses(classes, np.concatenate([[0.0], class_speeds]), roads_on_chip)
 
 
 def _sn5dask_polygons(
@@ -306,12 +309,24 @@ def burn_chip_masks(
     profile: str = "sn5dask",
     buffer_m: float = 2.0,
     image: np.ndarray | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Pure per-chip masks: burn once, zero under image nodata, derive every kind."""
+    """Pure per-chip masks: burn once, zero under image nodata, derive every kind.
+
+    When roads exist but none touches the chip, a warning is appended to `warnings`: the
+    usual cause is a label file that belongs elsewhere or declares the wrong CRS.
+    """
     speed_classes = burn_speed_classes(labels, grid, profile=profile, buffer_m=buffer_m)
+    if warnings is not None and len(labels) and speed_classes.roads_on_chip == 0:
+        warnings.append(
+            f"{labels.source}: none of its {len(labels)} road(s) falls on the chip "
+            "(is the label for another chip, or its CRS wrong?): masks are empty"
+        )
     if image is not None:
         speed_classes = SpeedClasses(
-            zero_under_nodata(speed_classes.classes, image, profile), speed_classes.speed_mph
+            zero_under_nodata(speed_classes.classes, image, profile),
+            speed_classes.speed_mph,
+            speed_classes.roads_on_chip,
         )
     return masks_from_speed_classes(speed_classes, kinds, profile)
 

@@ -32,7 +32,7 @@ from sn5dask.catalog import AoiCatalog, ChipRecord, discover
 from sn5dask.chiptask import ChipJob, ChipResult, process_chip
 from sn5dask.cluster import get_client
 from sn5dask.config import RunConfig
-from sn5dask.errors import ParamsChangedError
+from sn5dask.errors import ParamsChangedError, Sn5daskError
 from sn5dask.manifest import MANIFEST_NAME, STATS_NAME, Manifest, done_chips, read_manifest
 from sn5dask.stretch import band_cut
 from sn5dask.versions import versions
@@ -162,7 +162,7 @@ def run_aoi(
         timings = _process_chips(client, config, catalog, stats, out_aoi, zarr_url, todo,
                                  manifest, reporter)
         manifest.chips = {c.chip_id: manifest.chips[c.chip_id] for c in catalog.chips}
-        manifest.write(out_aoi)
+        _write_manifest(manifest, out_aoi, final=True)
 
     counts = manifest.as_json()["counts"]
     summary = AoiSummary(
@@ -262,12 +262,27 @@ def _process_chips(
             timings.append(result.timings)
             reporter.chip_finished(catalog.aoi, result)
             if time.monotonic() - last_write > MANIFEST_EVERY_S:
-                manifest.write(out_aoi)
+                _write_manifest(manifest, out_aoi, final=False)
                 last_write = time.monotonic()
     finally:
         # Also on Ctrl-C: record what finished, so a re-run resumes from here.
-        manifest.write(out_aoi)
+        _write_manifest(manifest, out_aoi, final=True)
     return timings
+
+
+def _write_manifest(manifest: Manifest, out_aoi: str, *, final: bool) -> None:
+    """Interim writes may fail (a full disk, a flaky bucket): the run goes on and the next
+    write retries. The final write must succeed, else the run stops with a clear error."""
+    try:
+        manifest.write(out_aoi)
+    except OSError as exc:
+        path = storage.join(out_aoi, MANIFEST_NAME)
+        if final:
+            raise Sn5daskError(
+                f"{path}: cannot write the run manifest ({exc}); outputs written so far are "
+                "complete, but a re-run cannot know which: free space and re-run"
+            ) from None
+        log.warning("%s: cannot write the manifest yet (%s); will retry", path, exc)
 
 
 def _aoi_params(config: RunConfig, catalog: AoiCatalog, stats: AoiStats) -> dict[str, Any]:

@@ -62,6 +62,9 @@ def gdal_options() -> dict[str, str]:
         # Don't list the folder of every file opened (slow on S3, useless for chips).
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
         "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+        # GDAL does not retry HTTP errors by default; S3 answers 500/503 (SlowDown) under load.
+        "GDAL_HTTP_MAX_RETRY": os.environ.get("GDAL_HTTP_MAX_RETRY", "5"),
+        "GDAL_HTTP_RETRY_DELAY": os.environ.get("GDAL_HTTP_RETRY_DELAY", "0.5"),
     }
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
@@ -134,8 +137,8 @@ def read_header(path: str, bands: Sequence[int] = ()) -> ChipHeader:
     try:
         with gdal_env(), rasterio.open(path) as src:
             return _validate(path, src, bands)
-    except RasterioError as exc:
-        raise ImageError(path, f"cannot be read as a raster ({exc})") from None
+    except (RasterioError, OSError) as exc:
+        raise ImageError(path, f"cannot be read as a raster ({_describe(exc)})") from None
 
 
 def read_chip(
@@ -151,9 +154,15 @@ def read_chip(
             header = _validate(path, src, bands)
             data = src.read() if all_bands else src.read(list(bands))
             PIXEL_READS[path] += 1
-    except RasterioError as exc:
-        raise ImageError(path, f"cannot be read as a raster ({exc})") from None
+    except (RasterioError, OSError) as exc:
+        raise ImageError(path, f"cannot be read as a raster ({_describe(exc)})") from None
     return header, data
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # e.g. "Permission denied" (the path is already in the message)
+    return str(exc) or type(exc).__name__
 
 
 def band_indexes(bands: Sequence[int]) -> list[int]:

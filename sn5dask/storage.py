@@ -77,14 +77,18 @@ def size_bytes(url: str) -> int:
 
 
 def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
-    """The whole object; raises `ValueError` naming the size when over `max_bytes`."""
+    """The whole object, checked against its listed size (a short read raises OSError).
+
+    Raises `ValueError` naming the size when it is over `max_bytes`.
+    """
     fs, path = filesystem(url)
-    if max_bytes is not None:
-        size = int(fs.size(path))
-        if size > max_bytes:
-            raise ValueError(f"{size / 2**20:.1f} MB is over the limit of {max_bytes / 2**20:g} MB")
-    with fs.open(path, "rb") as f:
-        return f.read()
+    size = int(fs.size(path))
+    if max_bytes is not None and size > max_bytes:
+        raise ValueError(f"{size / 2**20:.1f} MB is over the limit of {max_bytes / 2**20:g} MB")
+    data = fs.cat_file(path)
+    if len(data) != size:
+        raise OSError(f"short read: got {len(data)} of {size} bytes")
+    return data
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:

@@ -114,3 +114,79 @@ def sn5dask_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subp
 def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     os.killpg(process.pid, sig)
     process.wait(30)
+
+
+class FaultyProxy:
+    """An HTTP proxy on 127.0.0.1 in front of an S3 endpoint (moto) that answers some
+    requests with 503 SlowDown instead of forwarding them.
+
+    `fail(method, path, n)` decides: `n` is the 1-based count of requests seen so far.
+    Runs in a thread of the test process; bounded (it only serves while the test runs).
+    """
+
+    def __init__(self, upstream: str, fail) -> None:
+        import http.client
+        import http.server
+        import threading
+        import urllib.parse
+
+        target = urllib.parse.urlsplit(upstream)
+        proxy = self
+        self.count = 0
+        self.failed = 0
+        self.lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                with proxy.lock:
+                    proxy.count += 1
+                    n = proxy.count
+                if fail(self.command, self.path, n):
+                    with proxy.lock:
+                        proxy.failed += 1
+                    payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                               b"<Message>Please reduce your request rate.</Message></Error>")
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":  # a HEAD answer has no body
+                        self.wfile.write(payload)
+                    return
+                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                connection.request(self.command, self.path, body=body, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+                self.send_response(response.status, response.reason)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                # A HEAD answer announces the object's length without sending it.
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                connection.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultyProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
