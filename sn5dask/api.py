@@ -120,7 +120,7 @@ def open_aoi(root: str, aoi: str, *, bands: Sequence[int] | None = None) -> Any:
 
     Built with rioxarray (`lock=False`, so reads run in parallel). Chip pixel coordinates
     are dropped (each chip has its own); per-chip georeferencing is kept as coordinates
-    `transform` (chip, affine: a b c d e f) and `crs` (WKT). Smaller chips are padded with
+    `transform` (an `affine.Affine` per chip) and `crs` (WKT). Smaller chips are padded with
     0 up to the largest; `height`/`width` give each chip's true size. Only headers are read.
     """
     import rioxarray
@@ -139,7 +139,8 @@ def open_aoi(root: str, aoi: str, *, bands: Sequence[int] | None = None) -> Any:
         arrays.append(array)
     height = max(a.sizes["y"] for a in arrays)
     width = max(a.sizes["x"] for a in arrays)
-    transforms = [tuple(a.rio.transform())[:6] for a in arrays]
+    transforms = np.empty(len(arrays), dtype=object)
+    transforms[:] = [a.rio.transform() for a in arrays]
     crs = [a.rio.crs.to_wkt() if a.rio.crs else "" for a in arrays]
     sizes = [(a.sizes["y"], a.sizes["x"]) for a in arrays]
     padded = [
@@ -151,7 +152,7 @@ def open_aoi(root: str, aoi: str, *, bands: Sequence[int] | None = None) -> Any:
     stacked = xr.concat(padded, dim="chip", coords="minimal", compat="override", join="override")
     stacked = stacked.assign_coords(
         chip_id=("chip", [c.chip_id for c in chips]),
-        transform=(("chip", "affine"), np.array(transforms, dtype=np.float64)),
+        transform=("chip", transforms),
         crs=("chip", crs),
         height=("chip", np.array([s[0] for s in sizes], dtype=np.int32)),
         width=("chip", np.array([s[1] for s in sizes], dtype=np.int32)),
