@@ -150,8 +150,9 @@ def _run_and_report(cfg) -> int:  # noqa: ANN001 - RunConfig
 
 def _print_summary(summary, seconds: float) -> None:  # noqa: ANN001 - RunSummary
     table = Table(title=f"sn5dask run ({seconds:.1f} s)")
-    for column in ("AOI", "ok", "skipped", "failed", "seconds", "chips/s", "manifest"):
-        table.add_column(column, justify="right" if column not in ("AOI", "manifest") else "left")
+    table.add_column("AOI", overflow="fold")
+    for column in ("ok", "skipped", "failed", "seconds", "chips/s"):
+        table.add_column(column, justify="right")
     for aoi in summary.aois:
         table.add_row(
             aoi.aoi,
@@ -160,10 +161,10 @@ def _print_summary(summary, seconds: float) -> None:  # noqa: ANN001 - RunSummar
             str(aoi.counts.get("failed", 0)),
             f"{aoi.seconds:.1f}",
             f"{aoi.chips_per_second:.2f}",
-            aoi.manifest,
         )
     out_console.print(table)
     for aoi in summary.aois:
+        out_console.print(f"{aoi.aoi} manifest: {aoi.manifest}", highlight=False, soft_wrap=True)
         for chip_id, reason in aoi.failures:
             out_console.print(
                 f"[red]failed[/red] {aoi.aoi} {chip_id}: {reason}", highlight=False, soft_wrap=True
@@ -199,7 +200,11 @@ def demo(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     code = _run_and_report(cfg)
-    out_console.print(f"outputs in {out / 'output'}: PS-RGB/, masks/, *.zarr, stats.json, manifest.json")
+    out_console.print(
+        f"outputs in {out / 'output'}: PS-RGB/, masks/, *.zarr, stats.json, manifest.json",
+        highlight=False,
+        soft_wrap=True,
+    )
     raise typer.Exit(code)
 
 
