@@ -243,6 +243,7 @@ def _process_chips(
     }
     timings: list[dict[str, float]] = []
     last_write = time.monotonic()
+    finished = False
     try:
         for future in as_completed(futures):
             chip = futures[future]
@@ -264,7 +265,10 @@ def _process_chips(
             if time.monotonic() - last_write > MANIFEST_EVERY_S:
                 _write_manifest(manifest, out_aoi, final=False)
                 last_write = time.monotonic()
+        finished = True
     finally:
+        if not finished:  # Ctrl-C or an error on the client: stop the chips still queued
+            client.cancel([f for f in futures if not f.done()])
         # Also on Ctrl-C: record what finished, so a re-run resumes from here.
         _write_manifest(manifest, out_aoi, final=True)
     return timings
