@@ -32,6 +32,7 @@ from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
 from pyproj.database import query_utm_crs_info
 from rasterio.features import rasterize
+from shapely.geometry.base import BaseGeometry
 
 from sn5dask.labels import RoadLabels
 from sn5dask.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS, binned_value, continuous_value
@@ -98,10 +99,10 @@ def burn_speed_classes(
 
 def _sn5dask_polygons(
     labels: RoadLabels, grid: GeoBox, buffer_m: float
-) -> tuple[list[tuple[object, int]], np.ndarray]:
+) -> tuple[list[tuple[BaseGeometry, int]], np.ndarray]:
     utm = utm_crs_containing(*_grid_centre_lonlat(grid))
     buffered = _buffer_in_metres(labels.lines, labels.crs, utm, buffer_m, ROUND_QUAD_SEGS)
-    in_raster_crs = reproject_geometries(buffered, utm, grid.crs.proj)
+    in_raster_crs = reproject_geometries(buffered, utm, _grid_crs(grid))
     speeds = labels.speed_mph
     has_speed = np.isfinite(speeds) & (speeds > 0)
     distinct = np.unique(speeds[has_speed])
@@ -115,7 +116,7 @@ def _sn5dask_polygons(
 
 def _cresi_polygons(
     labels: RoadLabels, grid: GeoBox, buffer_m: float
-) -> tuple[list[tuple[object, int]], np.ndarray]:
+) -> tuple[list[tuple[BaseGeometry, int]], np.ndarray]:
     utm = cresi_utm_crs(labels.lines, labels.crs)
     buffered = _buffer_in_metres(labels.lines, labels.crs, utm, buffer_m, CRESI_QUAD_SEGS)
     # CRESI: dissolve(by=mps) drops null mps and sorts groups ascending; the group burns
@@ -125,7 +126,7 @@ def _cresi_polygons(
     groups: list[tuple[float, np.ndarray]] = [
         (value, np.flatnonzero(keep & (mps == value))) for value in np.unique(mps[keep])
     ]
-    polygons: list[tuple[object, int]] = []
+    polygons: list[tuple[BaseGeometry, int]] = []
     class_speeds: list[float] = []
     for _, members in groups:
         first_mph = labels.speed_mph[members[0]]
@@ -137,7 +138,7 @@ def _cresi_polygons(
     if not polygons:
         return [], np.array([], dtype=np.float64)
     unions = reproject_geometries(
-        np.array([p for p, _ in polygons], dtype=object), utm, grid.crs.proj
+        np.array([p for p, _ in polygons], dtype=object), utm, _grid_crs(grid)
     )
     return [(u, c) for u, (_, c) in zip(unions, polygons, strict=True)], np.array(class_speeds)
 
@@ -170,7 +171,7 @@ def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
 def _grid_centre_lonlat(grid: GeoBox) -> tuple[float, float]:
     height, width = grid.shape.yx
     x, y = grid.affine @ (width / 2.0, height / 2.0)
-    source = grid.crs.proj
+    source = _grid_crs(grid)
     lonlat = CRS.from_epsg(4326)
     if source == lonlat:
         return float(x), float(y)
@@ -275,17 +276,16 @@ def masks_from_speed_classes(
         road_lut = np.where(binned_lut > 0, 255, 0).astype(np.uint8)
 
     classes = speed_classes.classes
-    binary = np.take(road_lut, classes) if {"binary", "multichannel"} & set(kinds) else None
     out: dict[str, np.ndarray] = {}
-    if "binary" in kinds:
-        out["binary"] = binary
+    if {"binary", "multichannel"} & set(kinds):
+        out["binary"] = np.take(road_lut, classes)
     if "continuous" in kinds:
         out["continuous"] = np.take(continuous_lut, classes)
     if "binned" in kinds:
         out["binned"] = np.take(binned_lut, classes)
     if "multichannel" in kinds:
         channel = np.take(binned_lut // BIN_VALUE_STEP, classes)  # speed bin 1..7, 0 = none
-        out["multichannel"] = multichannel_from_channel(channel, binary)
+        out["multichannel"] = multichannel_from_channel(channel, out["binary"])
     return {kind: out[kind] for kind in kinds}
 
 
@@ -329,6 +329,13 @@ def burn_chip_masks(
             speed_classes.roads_on_chip,
         )
     return masks_from_speed_classes(speed_classes, kinds, profile)
+
+
+def _grid_crs(grid: GeoBox) -> CRS:
+    """The grid's CRS as a pyproj CRS (a chip without one never gets this far)."""
+    if grid.crs is None:
+        raise ValueError("the chip grid has no CRS: masks cannot be placed")
+    return grid.crs.proj
 
 
 def _check_profile(profile: str) -> None:
