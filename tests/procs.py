@@ -102,10 +102,21 @@ def moto_server() -> Iterator[dict[str, str]]:
         stop(process)
 
 
+# A shell starts background jobs with SIGINT ignored and children inherit that, so Python
+# installs no KeyboardInterrupt handler. Reset it to the default, as a terminal would, in a
+# trampoline that then execs the CLI (a default disposition survives exec; preexec_fn is
+# unsafe in a threaded parent like this test process).
+_WITH_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 def sn5dask_cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
-    """Start the installed `sn5dask` console script in its own process group."""
+    """Start the installed `sn5dask` console script in its own process group, with the
+    default SIGINT disposition (so a test's SIGINT acts like Ctrl-C)."""
     return subprocess.Popen(
-        [str(BIN / "sn5dask"), *map(str, args)],
+        [sys.executable, "-c", _WITH_DEFAULT_SIGINT, str(BIN / "sn5dask"), *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, **(env or {})}, start_new_session=True, **kwargs,
     )  # fmt: skip
