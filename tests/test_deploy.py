@@ -166,6 +166,10 @@ def test_dockerfile_statically() -> None:
     copies = [arg for op, arg in instructions if op == "COPY"]
     assert "pyproject.toml README.md ./" in copies and "sn5dask ./sn5dask" in copies
     assert ("USER", "sn5dask") in instructions
+    # remote workers from the image keep glibc's malloc defaults (see sn5dask.cluster)
+    [dask_config] = [arg for op, arg in instructions if op == "RUN" and "/etc/dask/sn5dask.yaml" in arg]
+    printed = re.search(r"printf '([^']*)'", dask_config).group(1).encode().decode("unicode_escape")
+    assert yaml.safe_load(printed) == {"distributed": {"nanny": {"pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None}}}}
     assert any(op == "EXPOSE" and "8786" in arg and "8787" in arg for op, arg in instructions)
 
 

@@ -1,0 +1,30 @@
+"""sn5dask.cluster: scheduler address resolution and the worker environment sn5dask sets."""
+
+from __future__ import annotations
+
+import dask
+import pytest
+
+from sn5dask.cluster import scheduler_address, worker_environment_overrides
+
+KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+
+
+def test_malloc_trim_unset_only_over_distributeds_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    with dask.config.set({KEY: 65536}):
+        assert worker_environment_overrides() == {KEY: None}
+    with dask.config.set({KEY: 1048576}):  # the user's own dask config wins
+        assert worker_environment_overrides() == {}
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "100000")  # and so does the variable itself
+    with dask.config.set({KEY: 65536}):
+        assert worker_environment_overrides() == {}
+
+
+def test_scheduler_address_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    assert scheduler_address("tcp://a:1") == "tcp://a:1"
+    with dask.config.set({"scheduler-address": "tcp://c:3"}):
+        assert scheduler_address() == "tcp://c:3"
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://b:2")
+        assert scheduler_address() == "tcp://b:2"
