@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sn5dask import raster, storage, store
+from sn5dask import raster, storage
 from sn5dask.catalog import ChipRecord
 from sn5dask.config import RunConfig
 from sn5dask.errors import ChipError, LabelError
@@ -151,6 +151,8 @@ def _process(
             result.outputs[kind] = path
         timings["write_masks"] = time.perf_counter() - started
     if job.zarr_url is not None and zarr_index is not None:
+        from sn5dask import store  # zarr is only imported by runs that write the store
+
         started = time.perf_counter()
         store.write_chip(job.zarr_url, zarr_index, rgb, masks)
         result.outputs["zarr"] = f"{job.zarr_url.rstrip('/').rsplit('/', 1)[-1]}#{zarr_index}"

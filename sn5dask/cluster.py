@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dask.config
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, fire_and_forget
 
 log = logging.getLogger("sn5dask")
 _TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
@@ -75,3 +75,27 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
         dashboard_address=dask.config.get("distributed.dashboard.address", ":8787"),
     ) as cluster, Client(cluster) as client:
         yield client
+
+
+def warm_up_workers(client: Client) -> None:
+    """Have every current worker import the chip-task code now, while the client is still
+    discovering chips and building the graph (fire and forget).
+
+    A fresh worker otherwise pays ~0.5 s of imports and PROJ/GDAL set-up inside its first
+    scan and chip tasks, with both cores' queues waiting on it (benchmarks/README.md). The
+    task runs in the worker's own task thread, so it never imports concurrently with a
+    real task; on a warm worker it is a no-op.
+    """
+    for address in client.scheduler_info(n_workers=-1)["workers"]:
+        fire_and_forget(
+            client.submit(
+                _warm_up, workers=[address], allow_other_workers=False, pure=False, priority=1
+            )
+        )
+
+
+def _warm_up() -> None:
+    from sn5dask import aoistats, chiptask, masks, raster  # noqa: F401
+
+    with raster.gdal_env():
+        masks.utm_crs_containing(0.0, 0.0)  # reads PROJ's UTM table once per process

@@ -30,7 +30,7 @@ from sn5dask import storage, store
 from sn5dask.aoistats import AoiStats, combine_scans, finalize_scan, scan_chip
 from sn5dask.catalog import AoiCatalog, ChipRecord, discover
 from sn5dask.chiptask import ChipJob, ChipResult, process_chip
-from sn5dask.cluster import get_client
+from sn5dask.cluster import get_client, warm_up_workers
 from sn5dask.config import RunConfig
 from sn5dask.errors import ParamsChangedError, Sn5daskError
 from sn5dask.manifest import MANIFEST_NAME, STATS_NAME, Manifest, done_chips, read_manifest
@@ -111,6 +111,7 @@ def run(
     )
     with context as active:
         assert active is not None
+        warm_up_workers(active)
         reporter.cluster(active.dashboard_link)
         summaries = [run_aoi(active, config, catalog, reporter) for catalog in catalogs]
         return RunSummary(summaries, active.dashboard_link)

@@ -35,8 +35,10 @@ MAX_BLOCK_SIZE = 1024
 # Codec settings per output kind, measured on full-size chips (benchmarks/README.md):
 # - RGB imagery: horizontal differencing helps, and DEFLATE level 1 writes files within
 #   2 % of level 6's size in about half the time.
-# - Masks: long runs of equal values; differencing only adds edges, and the level hardly
-#   changes the time, so GDAL's default level 6 keeps them smallest.
+# - Masks: long runs of equal values; differencing only adds edges. With libdeflate,
+#   level 5 writes the four masks of a chip in 37 ms against 50 ms at GDAL's default 6,
+#   for files ~17 % larger (28 kB instead of 24 kB for a 1.7 MB binary mask); levels 1-4
+#   are no faster and up to 2x larger.
 _IMAGE_CODEC = {
     "deflate": {"compress": "deflate", "predictor": 2, "zlevel": 1},
     "zstd": {"compress": "zstd", "predictor": 2, "zstd_level": 1},
@@ -44,7 +46,7 @@ _IMAGE_CODEC = {
     "none": {},
 }
 _MASK_CODEC = {
-    "deflate": {"compress": "deflate", "zlevel": 6},
+    "deflate": {"compress": "deflate", "zlevel": 5},
     "zstd": {"compress": "zstd", "zstd_level": 1},
     "lzw": {"compress": "lzw"},
     "none": {},
