@@ -33,30 +33,90 @@ def test_scheduler_address_order(monkeypatch: pytest.MonkeyPatch) -> None:
 def _worker_state() -> dict[str, bool]:
     import sys
 
-    masks = sys.modules.get("sn5dask.masks")
+    utm_table = False
+    if "sn5dask.masks" in sys.modules:
+        # (an import statement, not sys.modules: it waits while the warm-up task is still
+        # importing the module in the worker's task thread)
+        import sn5dask.masks
+
+        utm_table = sn5dask.masks._wgs84_utm_zones.cache_info().currsize == 1
     return {
         "chiptask": "sn5dask.chiptask" in sys.modules,
         "aoistats": "sn5dask.aoistats" in sys.modules,
-        "utm_table": masks is not None and masks._wgs84_utm_zones.cache_info().currsize == 1,
+        "utm_table": utm_table,
         "zarr": "zarr" in sys.modules,  # only runs that write the store import it
     }
 
 
-@pytest.mark.slow
-def test_warm_up_prepares_every_worker_without_zarr() -> None:
+def _wait_for_utm_table(client, timeout_s: float = 60) -> dict:  # noqa: ANN001
     import time
 
-    from sn5dask.cluster import get_client, warm_up_workers
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = client.run(_worker_state)
+        if all(s["utm_table"] for s in states.values()) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.1)
 
-    with get_client(workers=2) as client:
+
+@pytest.mark.slow
+def test_warm_up_prepares_every_spawned_worker_without_zarr() -> None:
+    from sn5dask.cluster import START_METHOD_KEY, get_client, warm_up_workers
+
+    with dask.config.set({START_METHOD_KEY: "spawn"}), get_client(workers=2) as client:
         assert not any(s["chiptask"] for s in client.run(_worker_state).values())
         warm_up_workers(client)
-        deadline = time.monotonic() + 60
-        while True:
-            states = client.run(_worker_state)
-            if all(s["utm_table"] for s in states.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        states = _wait_for_utm_table(client)
     assert len(states) == 2
     for state in states.values():
         assert state == {"chiptask": True, "aoistats": True, "utm_table": True, "zarr": False}
+
+
+def _process_facts() -> dict:
+    import os
+    import sys
+
+    return {
+        "ppid": os.getppid(),
+        "chiptask": "sn5dask.chiptask" in sys.modules,
+        "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+    }
+
+
+@pytest.mark.slow
+def test_local_workers_fork_from_a_single_threaded_server_with_the_task_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from sn5dask.cluster import get_client, warm_up_workers, worker_start_method
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert worker_start_method() == "forkserver"
+    with get_client(workers=2) as client:
+        facts = client.run(_process_facts)
+        warm_up_workers(client)
+        states = _wait_for_utm_table(client)
+    assert len(facts) == 2
+    (server,) = {f["ppid"] for f in facts.values()}
+    assert server != os.getpid()  # workers are children of the fork server, not the client
+    # the server's own environment is what glibc and BLAS saw in every worker
+    server_environ = dict(
+        item.split("=", 1) for item in open(f"/proc/{server}/environ").read().split("\0") if "=" in item
+    )
+    assert "MALLOC_TRIM_THRESHOLD_" not in server_environ
+    assert server_environ["OMP_NUM_THREADS"] == "1"
+    assert len(os.listdir(f"/proc/{server}/task")) == 1  # one thread: safe to fork
+    for fact in facts.values():
+        assert fact["chiptask"]  # imported by the server before forking, not per worker
+        assert fact["trim"] is None
+    assert all(s["utm_table"] and not s["zarr"] for s in states.values())
+
+
+def test_worker_start_method_config() -> None:
+    from sn5dask.cluster import START_METHOD_KEY, worker_start_method
+
+    with dask.config.set({START_METHOD_KEY: "spawn"}):
+        assert worker_start_method() == "spawn"
+    with dask.config.set({START_METHOD_KEY: "fork"}), pytest.raises(ValueError, match="forkserver or spawn"):
+        worker_start_method()
