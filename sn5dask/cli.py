@@ -123,6 +123,9 @@ def run(
         )  # fmt: skip
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    from sn5dask.cluster import prepare_local_workers
+
+    prepare_local_workers(cfg.scheduler)  # the workers' imports overlap with the client's
     raise typer.Exit(_run_and_report(cfg))
 
 
@@ -189,7 +192,10 @@ def demo(
     from sn5dask.config import load_config
     from sn5dask.synthetic import make_synthetic_aoi
 
+    from sn5dask.cluster import prepare_local_workers
+
     _setup_logging(False)
+    prepare_local_workers()  # the workers' imports overlap with making the synthetic AOI
     synthetic = make_synthetic_aoi(out / "input", n_chips=chips, size=size)
     err_console.print(f"synthetic AOI {synthetic.aoi}: {len(synthetic.images)} chips in {out / 'input'}")
     try:

@@ -72,7 +72,9 @@ def start_worker_server() -> None:
     `nanny.pre-spawn-environ` variables (one thread for OpenMP/BLAS, ...) in the client's
     environment just before it starts each worker; with a fork server that would be too
     late, so the same variables are set here, before the server starts, with the
-    overrides of `worker_environment_overrides`.
+    overrides of `worker_environment_overrides`. Only what a process reads as it starts
+    (allocator, thread pools) comes from the server's environment: `get_client` hands
+    each worker the client's current variables.
     """
     if worker_start_method() != "forkserver":
         return
@@ -84,6 +86,12 @@ def start_worker_server() -> None:
     )
     multiprocessing.set_forkserver_preload(list(WORKER_MODULES))
     multiprocessing.forkserver.ensure_running()
+
+
+def prepare_local_workers(scheduler: str | None = None) -> None:
+    """Start the fork server now when this run will start its own LocalCluster."""
+    if not scheduler_address(scheduler):
+        start_worker_server()
 
 
 def scheduler_address(scheduler: str | None = None) -> str | None:
@@ -124,6 +132,10 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
         processes=True,
         silence_logs=logging.ERROR,
         dashboard_address=dask.config.get("distributed.dashboard.address", ":8787"),
+        # Forked workers inherit the fork server's environment, which may be older than
+        # the client's (AWS_*, GDAL_* set since): each worker applies the client's current
+        # variables first thing, as spawned workers would have inherited them.
+        env=dict(os.environ),
     ) as cluster, Client(cluster) as client:
         yield client
 
@@ -132,15 +144,18 @@ def warm_up_workers(client: Client) -> None:
     """Have every current worker import the chip-task code now, while the client is still
     discovering chips and building the graph (fire and forget).
 
-    A fresh worker otherwise pays ~0.5 s of imports and PROJ/GDAL set-up inside its first
-    scan and chip tasks, with both cores' queues waiting on it (benchmarks/README.md). The
-    task runs in the worker's own task thread, so it never imports concurrently with a
-    real task; on a warm worker it is a no-op.
+    A spawned worker (a remote cluster, or `worker-start-method: spawn`) otherwise pays
+    ~0.5 s of imports inside its first scan and chip tasks, and even a forked one reads
+    PROJ's UTM table (~0.1 s) in its first chip task, while the other queues wait on it
+    (benchmarks/README.md). The task runs in the worker's task thread ahead of the chip
+    tasks; on a warm worker it is a no-op.
     """
     for address in client.scheduler_info(n_workers=-1)["workers"]:
         fire_and_forget(
             client.submit(
-                _warm_up, workers=[address], allow_other_workers=False, pure=False, priority=1
+                # allow_other_workers: a worker that left meanwhile must not leave an
+                # unrunnable task behind on a long-lived cluster (elsewhere it is a no-op)
+                _warm_up, workers=[address], allow_other_workers=True, pure=False, priority=1
             )
         )
 

@@ -26,11 +26,11 @@ from typing import Any, Protocol
 import dask
 from distributed import Client, as_completed
 
-from sn5dask import storage, store
+from sn5dask import storage
 from sn5dask.aoistats import AoiStats, combine_scans, finalize_scan, scan_chip
 from sn5dask.catalog import AoiCatalog, ChipRecord, discover
 from sn5dask.chiptask import ChipJob, ChipResult, process_chip
-from sn5dask.cluster import get_client, warm_up_workers
+from sn5dask.cluster import get_client, prepare_local_workers, warm_up_workers
 from sn5dask.config import RunConfig
 from sn5dask.errors import ParamsChangedError, Sn5daskError
 from sn5dask.manifest import MANIFEST_NAME, STATS_NAME, Manifest, done_chips, read_manifest
@@ -104,6 +104,8 @@ def run(
 ) -> RunSummary:
     """Run the whole job for every AOI under `config.root` (the CLI's `sn5dask run`)."""
     reporter = reporter or LogReporter()
+    if client is None:
+        prepare_local_workers(config.scheduler)  # its imports overlap with discovery
     catalogs = discover(config.root, list(config.aois) or None)
     storage.makedirs(config.out)
     context = nullcontext(client) if client is not None else get_client(
@@ -136,6 +138,9 @@ def run_aoi(
         zarr_url = storage.join(out_aoi, f"{catalog.aoi}.zarr") if "zarr" in config.formats else None
         done = {} if config.overwrite else done_chips(previous, params, out_aoi)
         chip_ids = [c.chip_id for c in catalog.chips]
+        if zarr_url is not None:
+            from sn5dask import store  # zarr is only imported by runs that write the store
+
         if zarr_url is not None and (not done or store.store_chip_ids(zarr_url) != chip_ids):
             store.create_store(
                 zarr_url,

@@ -120,3 +120,22 @@ def test_worker_start_method_config() -> None:
         assert worker_start_method() == "spawn"
     with dask.config.set({START_METHOD_KEY: "fork"}), pytest.raises(ValueError, match="forkserver or spawn"):
         worker_start_method()
+
+
+def _environ_value(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)
+
+
+@pytest.mark.slow
+def test_forked_workers_see_variables_set_after_the_fork_server_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sn5dask.cluster import get_client, start_worker_server
+
+    start_worker_server()  # already running in this process, or started now
+    monkeypatch.setenv("SN5DASK_TEST_LATE_VARIABLE", "set-after-the-server")
+    with get_client(workers=1) as client:
+        seen = client.run(_environ_value, "SN5DASK_TEST_LATE_VARIABLE")
+    assert list(seen.values()) == ["set-after-the-server"]
