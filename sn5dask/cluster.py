@@ -25,8 +25,10 @@ _METHOD_KEY = "distributed.worker.multiprocessing-method"
 #: dask config key: how the LocalCluster sn5dask starts makes its worker processes.
 START_METHOD_KEY = "sn5dask.worker-start-method"
 #: What the fork server imports once, so that every worker forked from it starts with
-#: them: distributed and the chip-task code (rasterio/GDAL, shapely, pyproj, odc-geo).
-WORKER_MODULES = ("distributed", "sn5dask.aoistats", "sn5dask.chiptask")
+#: them: the client's main module (which multiprocessing otherwise re-imports in every
+#: worker, as spawn does), distributed and the chip-task code (rasterio/GDAL, shapely,
+#: pyproj, odc-geo).
+WORKER_MODULES = ("__main__", "distributed", "sn5dask.aoistats", "sn5dask.chiptask")
 
 
 def worker_environment_overrides() -> dict[str, object]:
