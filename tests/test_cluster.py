@@ -139,3 +139,27 @@ def test_forked_workers_see_variables_set_after_the_fork_server_started(
     with get_client(workers=1) as client:
         seen = client.run(_environ_value, "SN5DASK_TEST_LATE_VARIABLE")
     assert list(seen.values()) == ["set-after-the-server"]
+
+
+@pytest.mark.slow
+def test_a_killed_local_worker_is_forked_again_from_the_server() -> None:
+    import os
+    import signal
+    import time
+
+    from sn5dask.cluster import get_client
+
+    with get_client(workers=1) as client:
+        ((first_address, first),) = client.run(_process_facts).items()
+        os.kill(client.run(os.getpid)[first_address], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+            if workers and first_address not in workers:
+                break
+            time.sleep(0.1)
+        client.wait_for_workers(1, timeout=60)
+        ((_, again),) = client.run(_process_facts).items()
+        assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
+    assert again["ppid"] == first["ppid"]  # the nanny forked the new worker from the server
+    assert again["chiptask"]
