@@ -51,9 +51,8 @@ def worker_start_method() -> str:
     """`forkserver` (default where the platform has it) or `spawn` (dask's default).
 
     Spawned workers each start a fresh interpreter and import distributed, GDAL, GEOS and
-    PROJ bindings again (~0.9 s of CPU per worker, measured; twice that on 2 cores before
-    the first chip). Forked from a server that imported them once, they start in
-    milliseconds. The server is single-threaded when it forks, unlike the client, which is
+    PROJ bindings again (~0.9 s of CPU per worker, benchmarks/README.md). Forked from a
+    server that imported them once, they start in milliseconds. The server is single-threaded when it forks, unlike the client, which is
     why `fork` itself is never used. Set `sn5dask.worker-start-method: spawn` in dask
     config (or DASK_SN5DASK__WORKER_START_METHOD=spawn) to get dask's default back.
     """
