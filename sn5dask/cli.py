@@ -189,10 +189,9 @@ def demo(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """Generate a synthetic AOI and run the whole job on it (a LocalCluster)."""
+    from sn5dask.cluster import prepare_local_workers
     from sn5dask.config import load_config
     from sn5dask.synthetic import make_synthetic_aoi
-
-    from sn5dask.cluster import prepare_local_workers
 
     _setup_logging(False)
     prepare_local_workers()  # the workers' imports overlap with making the synthetic AOI

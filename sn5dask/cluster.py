@@ -52,9 +52,10 @@ def worker_start_method() -> str:
 
     Spawned workers each start a fresh interpreter and import distributed, GDAL, GEOS and
     PROJ bindings again (~0.9 s of CPU per worker, benchmarks/README.md). Forked from a
-    server that imported them once, they start in milliseconds. The server is single-threaded when it forks, unlike the client, which is
-    why `fork` itself is never used. Set `sn5dask.worker-start-method: spawn` in dask
-    config (or DASK_SN5DASK__WORKER_START_METHOD=spawn) to get dask's default back.
+    server that imported them once, they start in milliseconds. The server is
+    single-threaded when it forks, unlike the client, which is why `fork` itself is never
+    used. Set `sn5dask.worker-start-method: spawn` in dask config (or
+    DASK_SN5DASK__WORKER_START_METHOD=spawn) to get dask's default back.
     """
     method = str(dask.config.get(START_METHOD_KEY, "forkserver"))
     if method not in ("forkserver", "spawn"):

@@ -32,13 +32,13 @@ PIXEL_READS: Counter[str] = Counter()
 COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 #: Largest GeoTIFF tile side; tiles are sized to fit the chip (see `block_size`).
 MAX_BLOCK_SIZE = 1024
-# Codec settings per output kind, measured on full-size chips (benchmarks/README.md):
+# Codec settings per output kind, measured on a full-size chip (benchmarks/bench_encode.py):
 # - RGB imagery: horizontal differencing helps, and DEFLATE level 1 writes files within
-#   2 % of level 6's size in about half the time.
+#   1 % of level 6's size in three quarters of the time (46 vs 62 ms).
 # - Masks: long runs of equal values; differencing only adds edges. With libdeflate,
-#   level 5 writes the four masks of a chip in 37 ms against 50 ms at GDAL's default 6,
-#   for files ~17 % larger (28 kB instead of 24 kB for a 1.7 MB binary mask); levels 1-4
-#   are no faster and up to 2x larger.
+#   level 5 writes the four masks of a chip in 38 ms against 49 ms at GDAL's default 6,
+#   for 12 % more bytes (141 instead of 126 kB); levels 1-4 are no faster and up to
+#   1.8x larger.
 _IMAGE_CODEC = {
     "deflate": {"compress": "deflate", "predictor": 2, "zlevel": 1},
     "zstd": {"compress": "zstd", "predictor": 2, "zstd_level": 1},
