@@ -141,16 +141,16 @@ def run_aoi(
         if zarr_url is not None:
             from sn5dask import store  # zarr is only imported by runs that write the store
 
-        if zarr_url is not None and (not done or store.store_chip_ids(zarr_url) != chip_ids):
-            store.create_store(
-                zarr_url,
-                chip_ids=chip_ids,
-                headers=stats.headers,
-                n_bands=len(config.bands),
-                mask_kinds=config.masks,
-                attrs={"aoi": catalog.aoi, "params": params, "stats": stats.as_json()},
-            )
-            done = {}
+            if not done or store.store_chip_ids(zarr_url) != chip_ids:
+                store.create_store(
+                    zarr_url,
+                    chip_ids=chip_ids,
+                    headers=stats.headers,
+                    n_bands=len(config.bands),
+                    mask_kinds=config.masks,
+                    attrs={"aoi": catalog.aoi, "params": params, "stats": stats.as_json()},
+                )
+                done = {}
         _write_stats(out_aoi, catalog, config, stats, params)
 
         manifest = Manifest(
