@@ -7,9 +7,9 @@ mask burn on it, then times, interleaved in one process:
 - reading bands 5,3,2 alone vs all 8 bands (then selecting 5,3,2);
 - GeoTIFF encoding of the RGB and of the four masks with DEFLATE levels, ZSTD, LZW, none,
   and RGB tile sizes, each with its encoded size;
-- one chip's Zarr region write (`sn5dask.store.write_chip`).
+- one chip's Zarr region write (`sn5dask.zarrstore.write_chip`).
 These are the measurements behind the codec settings in `sn5dask/raster.py` and
-`sn5dask/store.py` (benchmarks/README.md).
+`sn5dask/zarrstore.py` (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
 
-from sn5dask import store
+from sn5dask import zarrstore as store
 from sn5dask.labels import parse_road_labels
 from sn5dask.masks import MASK_KINDS, burn_chip_masks
 from sn5dask.raster import ChipHeader, read_chip

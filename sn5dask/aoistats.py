@@ -8,19 +8,17 @@ chip's small header) ever reaches the client; histograms stay on the workers.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from sn5dask.catalog import ChipRecord
-from sn5dask.errors import ChipError
-from sn5dask.raster import ChipHeader, read_chip, read_header
-from sn5dask.stretch import band_histograms, percentiles_from_histogram
-
-log = logging.getLogger("sn5dask")
-UINT16_BINS = 65536
+from sn5dask.chipio import ChipReader
+from sn5dask.errors import guard_chip
+from sn5dask.raster import ChipHeader
+from sn5dask.stretch import UINT16_BINS, band_histograms, percentiles_from_histogram
 
 
 @dataclass
@@ -44,7 +42,7 @@ class AoiStats:
     headers: dict[str, ChipHeader]
     errors: dict[str, str]
 
-    def as_json(self) -> dict:
+    def as_json(self) -> dict[str, Any]:
         return {
             "bands": list(self.bands),
             "percentiles": list(self.percentiles),
@@ -58,33 +56,40 @@ class AoiStats:
 
 
 def scan_chip(
-    chip: ChipRecord, bands: Sequence[int], with_histogram: bool, use_nodata: bool = True
+    chip: ChipRecord,
+    bands: Sequence[int],
+    with_histogram: bool,
+    use_nodata: bool,
+    reader: ChipReader,
 ) -> AoiScan:
     """Read one chip's header (and, for AOI stretch, the histograms of `bands`).
 
-    Never raises for a bad chip: the problem is returned in `errors`.
+    `use_nodata`: leave each band's declared nodata value out of its histogram (the
+    profile's valid-pixel rule). Never raises for a bad chip: the problem is returned in
+    `errors`.
     """
     scan = AoiScan()
     if chip.problem:
         scan.errors[chip.chip_id] = chip.problem
         return scan
-    try:
-        if with_histogram:
-            header, data = read_chip(chip.image, bands)
-            nodata = [header.nodata[b - 1] for b in bands] if use_nodata else None
-            hist = band_histograms(data, nodata)
-            if hist.shape[1] != UINT16_BINS:  # uint8 chip: pad to the common bin count
-                hist = np.pad(hist, ((0, 0), (0, UINT16_BINS - hist.shape[1])))
-            scan.histogram = hist
-        else:
-            header = read_header(chip.image, bands)
-        scan.headers[chip.chip_id] = header
-        scan.dtypes.add(header.dtype)
-    except ChipError as exc:
-        scan.errors[chip.chip_id] = str(exc)
-    except Exception as exc:  # one bad chip never kills the run: recorded, reported
-        log.exception("scan of %s failed", chip.image)
-        scan.errors[chip.chip_id] = f"{chip.image}: unexpected error {type(exc).__name__}: {exc}"
+
+    def read() -> tuple[ChipHeader, np.ndarray | None]:
+        if not with_histogram:
+            return reader.read_header(chip.image, bands), None
+        header, data = reader.read_bands(chip.image, bands)
+        nodata = [header.nodata[b - 1] for b in bands] if use_nodata else None
+        hist = band_histograms(data, nodata)
+        if hist.shape[1] != UINT16_BINS:  # uint8 chip: pad to the common bin count
+            hist = np.pad(hist, ((0, 0), (0, UINT16_BINS - hist.shape[1])))
+        return header, hist
+
+    outcome = guard_chip(chip.image, read)
+    if outcome.value is None:
+        scan.errors[chip.chip_id] = outcome.reason or f"{chip.image}: unreadable"
+        return scan
+    header, scan.histogram = outcome.value
+    scan.headers[chip.chip_id] = header
+    scan.dtypes.add(header.dtype)
     return scan
 
 

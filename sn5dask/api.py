@@ -13,12 +13,18 @@ import numpy as np
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from sn5dask import storage
+from sn5dask import files
 from sn5dask.catalog import discover
 from sn5dask.labels import RoadLabels, parse_road_labels
-from sn5dask.masks import MASK_KINDS, burn_chip_masks
-from sn5dask.pipeline import scan_graph, scan_tree
+from sn5dask.config import MASK_KINDS
+from sn5dask.masks import burn_chip_masks
+from sn5dask.profiles import Profile
+from sn5dask.aoiarray import chip_dataarray, open_aoi
+from sn5dask.graph import scan_graph, scan_tree
 from sn5dask.raster import read_header
+from sn5dask.stretch import UINT16_BINS
+
+__all__ = ["aoi_histograms", "aoi_percentiles", "burn_masks", "chip_dataarray", "open_aoi", "to_grid"]
 
 log = logging.getLogger("sn5dask")
 
@@ -41,7 +47,7 @@ def burn_masks(
     grid: GridLike,
     *,
     kinds: Sequence[str] = MASK_KINDS,
-    profile: str = "sn5dask",
+    profile: str | Profile = "sn5dask",
     buffer_m: float = 2.0,
     default_speed_mph: float | None = None,
     speed_field: str | None = None,
@@ -71,7 +77,7 @@ def _road_labels(
         source = "<GeoDataFrame>"
     else:
         source = str(labels)
-        text = storage.read_bytes(source)
+        text = files.read_bytes(source)
     return parse_road_labels(
         text, source, speed_field=speed_field, default_speed_mph=default_speed_mph
     )
@@ -109,55 +115,7 @@ def aoi_histograms(
         tree = scan_tree(catalog.chips, bands, with_histogram=True)
         scan = client.compute(tree).result() if client is not None else tree.compute()
         if scan.histogram is None:
-            out[catalog.aoi] = np.zeros((len(bands), 65536), dtype=np.int64)
+            out[catalog.aoi] = np.zeros((len(bands), UINT16_BINS), dtype=np.int64)
         else:
             out[catalog.aoi] = scan.histogram
     return out
-
-
-def open_aoi(root: str, aoi: str, *, bands: Sequence[int] | None = None) -> Any:
-    """One AOI as a lazy (chip, band, y, x) DataArray, one dask chunk per chip.
-
-    Built with rioxarray (`lock=False`, so reads run in parallel). Chip pixel coordinates
-    are dropped (each chip has its own); per-chip georeferencing is kept as coordinates
-    `transform` (an `affine.Affine` per chip) and `crs` (WKT). Smaller chips are padded with
-    0 up to the largest; `height`/`width` give each chip's true size. Only headers are read.
-    """
-    import rioxarray
-    import xarray as xr
-
-    catalogs = discover(root, [aoi])
-    chips = catalogs[0].chips
-    arrays = []
-    for chip in chips:
-        with rioxarray.set_options(export_grid_mapping=False):
-            array = rioxarray.open_rasterio(
-                chip.image, chunks={"band": -1, "y": -1, "x": -1}, lock=False, cache=False
-            )
-        if bands is not None:
-            array = array.sel(band=list(bands))
-        arrays.append(array)
-    height = max(a.sizes["y"] for a in arrays)
-    width = max(a.sizes["x"] for a in arrays)
-    transforms = np.empty(len(arrays), dtype=object)
-    transforms[:] = [a.rio.transform() for a in arrays]
-    crs = [a.rio.crs.to_wkt() if a.rio.crs else "" for a in arrays]
-    sizes = [(a.sizes["y"], a.sizes["x"]) for a in arrays]
-    padded = [
-        a.drop_vars(["x", "y", "spatial_ref"], errors="ignore").pad(
-            y=(0, height - a.sizes["y"]), x=(0, width - a.sizes["x"]), constant_values=0
-        )
-        for a in arrays
-    ]
-    stacked = xr.concat(padded, dim="chip", coords="minimal", compat="override", join="override")
-    stacked = stacked.assign_coords(
-        chip_id=("chip", [c.chip_id for c in chips]),
-        transform=("chip", transforms),
-        crs=("chip", crs),
-        height=("chip", np.array([s[0] for s in sizes], dtype=np.int32)),
-        width=("chip", np.array([s[1] for s in sizes], dtype=np.int32)),
-        image=("chip", [c.image for c in chips]),
-    )
-    stacked.name = "ps_ms"
-    stacked.attrs = {"aoi": aoi, "root": root}
-    return stacked

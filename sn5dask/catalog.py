@@ -1,8 +1,9 @@
 """Discover the chips of each AOI under a dataset root and pair them with their labels.
 
-The naming rules (`aoi_from_name`, `chip_id_from_name`, `output_name`) are pure; only
-`discover` lists files, through fsspec, so ROOT may be a local folder or an `s3://` URL.
-AOI names and chip ids are validated or sanitised here and never used as raw paths.
+The naming rules (`aoi_from_name`, `chip_id_from_name`) are pure; only `discover` lists
+files, through fsspec, so ROOT may be a local folder or an `s3://` URL. AOI names and chip
+ids are validated or sanitised here and never used as raw paths; a chip's output file name
+comes from `layout.output_name`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,14 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sn5dask import storage
+from fsspec import AbstractFileSystem
+
+from sn5dask import files
 from sn5dask.errors import NoChipsError
+from sn5dask.layout import file_stem, output_name, sanitise
+
+__all__ = ["AoiCatalog", "ChipRecord", "aoi_for_image", "aoi_from_name", "chip_id_from_name",
+           "discover", "output_name", "sanitise"]
 
 AOI_NAME_RE = re.compile(r"^AOI_\d+_[A-Za-z0-9_]+$")
 CHIP_ID_RE = re.compile(r"^(chip|img)\d+$")
@@ -22,7 +29,6 @@ _AOI_IN_NAME_RE = re.compile(
     r"(AOI_\d+_[A-Za-z0-9_]+?)(?=_PS-MS|_PS-RGB|_geojson_roads|_chip\d+|_img\d+)"
 )
 _CHIP_ID_IN_NAME_RE = re.compile(r"(?:^|_)((?:chip|img)\d+)(?=$|[_.])")
-_UNSAFE_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]+")
 IMAGE_FOLDER = "PS-MS"
 LABEL_FOLDERS = ("geojson_roads_speed", "geojson_roads")  # in order of preference
 _IMAGE_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
@@ -67,23 +73,11 @@ def aoi_from_name(file_name: str) -> str | None:
 
 def chip_id_from_name(file_name: str) -> str:
     """Chip id (`chip0`, `img990`) in a file name; else the sanitised file stem."""
-    stem = _stem(file_name)
+    stem = file_stem(file_name)
     matches = _CHIP_ID_IN_NAME_RE.findall(stem)
     if matches:
         return matches[-1]
     return sanitise(stem)
-
-
-def sanitise(text: str) -> str:
-    """Letters, digits, `_` and `-` only; never empty, never a path."""
-    cleaned = _UNSAFE_CHARS_RE.sub("_", text).strip("_-")
-    return cleaned or "unnamed"
-
-
-def output_name(image_name: str) -> str:
-    """Output file name for every output folder: `PS-MS` -> `PS-RGB`, sanitised, `.tif`."""
-    stem = _stem(image_name).replace("PS-MS", "PS-RGB")
-    return f"{sanitise(stem)}.tif"
 
 
 def aoi_for_image(image_path: str) -> str:
@@ -101,7 +95,7 @@ def discover(root: str, aois: list[str] | None = None) -> list[AoiCatalog]:
 
     Raises `NoChipsError` when nothing is found (or none of the requested `aois`).
     """
-    fs, base = storage.filesystem(root)
+    fs, base = files.filesystem(root)
     base = base.rstrip("/")
     image_paths = _glob_many(fs, base, IMAGE_FOLDER, _IMAGE_SUFFIXES)
     label_paths = {
@@ -119,12 +113,12 @@ def discover(root: str, aois: list[str] | None = None) -> list[AoiCatalog]:
             aoi = aoi_from_name(name) or sanitise(
                 posixpath.basename(posixpath.dirname(posixpath.dirname(path)))
             )
-            labels_by_key[(aoi, chip_id_from_name(name))] = storage.full_url(fs, path)
+            labels_by_key[(aoi, chip_id_from_name(name))] = files.full_url(fs, path)
 
     by_key: dict[tuple[str, str], list[str]] = defaultdict(list)
     for path in image_paths:
         by_key[(aoi_for_image(path), chip_id_from_name(posixpath.basename(path)))].append(
-            storage.full_url(fs, path)
+            files.full_url(fs, path)
         )
 
     catalogs: dict[str, AoiCatalog] = {}
@@ -166,7 +160,7 @@ def discover(root: str, aois: list[str] | None = None) -> list[AoiCatalog]:
     return selected
 
 
-def _glob_many(fs, base: str, folder: str, suffixes: tuple[str, ...]) -> list[str]:
+def _glob_many(fs: AbstractFileSystem, base: str, folder: str, suffixes: tuple[str, ...]) -> list[str]:
     found: set[str] = set()
     for pattern in (f"{base}/*/{folder}/*", f"{base}/{folder}/*"):
         for path in fs.glob(pattern):
@@ -180,11 +174,3 @@ def _natural_key(chip_id: str) -> tuple[str, int, str]:
     if match:
         return (match.group(1), int(match.group(2)), "")
     return (chip_id, -1, chip_id)
-
-
-def _stem(file_name: str) -> str:
-    name = posixpath.basename(file_name)
-    for suffix in (".geojson", ".json", ".tiff", ".tif", ".TIFF", ".TIF"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name.rsplit(".", 1)[0] if "." in name else name

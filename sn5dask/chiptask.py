@@ -1,27 +1,29 @@
 """One chip's whole job, run as one task on a worker: read, stretch, burn, write.
 
-`process_chip` is the single place where a per-chip failure is caught and recorded: it
-never raises for a bad chip, it returns a `ChipResult` with status `failed` and a reason
-naming the file. Everything it receives (`ChipRecord`, `ChipJob`) is small and pickled to
-the worker; pixels are read on the worker and never travel back to the client.
+`process_chip` never raises for a bad chip: its failure is caught in `errors.guard_chip`
+and comes back as a `ChipResult` with status `failed` and a reason naming the file (an
+unexpected error's traceback goes to the chip's log file under `OUT/<AOI>/logs/`).
+Everything it receives (`ChipRecord`, `ChipJob`) is small and pickled to the worker;
+pixels are read on the worker and never travel back to the client. All reads and writes
+go through `job.reader` / `job.writer` (`chipio`), so it runs against fakes in tests.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from sn5dask import raster, storage
 from sn5dask.catalog import ChipRecord
+from sn5dask.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader
 from sn5dask.config import RunConfig
-from sn5dask.errors import ChipError, LabelError
+from sn5dask.errors import ChipError, LabelError, guard_chip
 from sn5dask.labels import parse_road_labels
+from sn5dask.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout
+from sn5dask.manifest import ChipEntry, ChipStatus
 from sn5dask.masks import burn_chip_masks
-from sn5dask.raster import ChipHeader
+from sn5dask.raster import ChipHeader, band_indexes
 from sn5dask.stretch import (
     BandCut,
     band_cut,
@@ -31,19 +33,21 @@ from sn5dask.stretch import (
     zero_fractions,
 )
 
-log = logging.getLogger("sn5dask")
-#: CRESI's `--max_zero_frac`: a chip with this share of zeros in a selected band is skipped.
-CRESI_MAX_ZERO_FRACTION = 0.3
-
 
 @dataclass(frozen=True)
 class ChipJob:
-    """What every chip task of one AOI shares (small; pickled once per task)."""
+    """What every chip task of one AOI shares (small; pickled with each task).
+
+    `aoi_cuts`: the AOI-wide stretch per output band, or None for a per-chip stretch.
+    `with_zarr`: write each chip's region into the AOI's store (`layout.zarr_url`).
+    """
 
     config: RunConfig
-    out_aoi: str
-    aoi_cuts: tuple[BandCut, ...] | None  # None: per-chip stretch
-    zarr_url: str | None
+    layout: AoiLayout
+    aoi_cuts: tuple[BandCut, ...] | None
+    with_zarr: bool = False
+    reader: ChipReader = field(default_factory=RasterioReader)
+    writer: OutputWriter = field(default_factory=FileWriter)
 
 
 @dataclass
@@ -51,7 +55,7 @@ class ChipResult:
     """A chip's manifest entry plus timings (seconds per stage) for benchmarks."""
 
     chip_id: str
-    status: str
+    status: ChipStatus
     reason: str | None = None
     image: str | None = None
     label: str | None = None
@@ -61,27 +65,17 @@ class ChipResult:
     percentiles: dict[str, list[float | None]] | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
-    def manifest_entry(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "status": self.status,
-            "image": self.image,
-            "label": self.label,
-            "reason": self.reason,
-            "warnings": self.warnings,
-            "zero_fraction": self.zero_fraction,
-            "outputs": self.outputs,
-        }
-        if self.percentiles is not None:
-            entry["percentiles"] = self.percentiles
-        return entry
-
-
-def rgb_relpath(chip: ChipRecord) -> str:
-    return f"PS-RGB/{chip.output_name}"
-
-
-def mask_relpath(kind: str, chip: ChipRecord) -> str:
-    return f"masks/{kind}/{chip.output_name}"
+    def manifest_entry(self) -> ChipEntry:
+        return ChipEntry(
+            status=self.status,
+            image=self.image,
+            label=self.label,
+            reason=self.reason,
+            warnings=self.warnings,
+            zero_fraction=self.zero_fraction,
+            outputs=self.outputs,
+            percentiles=self.percentiles,
+        )
 
 
 def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) -> ChipResult:
@@ -90,17 +84,29 @@ def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) 
     `zarr_index` is the chip's position along the store's `chip` dimension.
     """
     result = ChipResult(chip.chip_id, "ok", image=chip.image, label=chip.label)
-    try:
+
+    def work() -> bool:
         if chip.problem:
             raise ChipError(chip.image, chip.problem)
         _process(chip, job, zarr_index, result)
-    except ChipError as exc:
-        result.status, result.reason = "failed", str(exc)
-    except Exception as exc:  # one bad chip never kills the run: recorded, reported
-        log.exception("chip %s failed", chip.image)
-        result.status = "failed"
-        result.reason = f"{chip.image}: unexpected error {type(exc).__name__}: {exc}"
+        return True
+
+    outcome = guard_chip(chip.image, work)
+    if outcome.reason is not None:
+        result.status, result.reason = "failed", outcome.reason
+        if outcome.traceback is not None:
+            result.reason += _save_traceback(job, chip, outcome.traceback)
     return result
+
+
+def _save_traceback(job: ChipJob, chip: ChipRecord, text: str) -> str:
+    """Write an unexpected error's traceback to the chip's log; the reason's suffix."""
+    url = job.layout.chip_log_url(chip.chip_id)
+    try:
+        job.writer.write_bytes(url, f"{chip.image}\n{text}".encode())
+    except OSError:
+        return ""
+    return f" (traceback in {url})"
 
 
 def _process(
@@ -111,8 +117,8 @@ def _process(
     with_masks = bool(config.masks) and chip.label is not None
 
     started = time.perf_counter()
-    header, image = raster.read_chip(chip.image, config.bands, all_bands=with_masks)
-    selected = image[raster.band_indexes(config.bands)] if with_masks else image
+    header, image = job.reader.read_bands(chip.image, config.bands, all_bands=with_masks)
+    selected = image[band_indexes(config.bands)] if with_masks else image
     timings["read"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -124,38 +130,37 @@ def _process(
         result.warnings.append(f"{chip.image}: no label file: masks not written")
     elif with_masks:
         started = time.perf_counter()
-        masks = _burn(chip, config, header, image, result)
+        masks = _burn(chip, job, header, image, result)
         timings["masks"] = time.perf_counter() - started
     del image, selected
 
+    layout, writer = job.layout, job.writer
     if "geotiff" in config.formats:
         started = time.perf_counter()
         if rgb is not None:
-            path = rgb_relpath(chip)
-            raster.write_geotiff(
-                storage.join(job.out_aoi, path),
+            path = layout.rgb_relpath(chip.output_name)
+            writer.write_geotiff(
+                layout.url(path),
                 rgb,
                 header,
                 compress=config.compress,
                 nodata=0,
                 photometric="RGB" if rgb.shape[0] == 3 else None,
             )
-            result.outputs["rgb"] = path
+            result.outputs[RGB_OUTPUT] = path
         timings["write_rgb"] = time.perf_counter() - started
         started = time.perf_counter()
         for kind, mask in masks.items():
-            path = mask_relpath(kind, chip)
-            raster.write_geotiff(
-                storage.join(job.out_aoi, path), mask, header, compress=config.compress, is_mask=True
+            path = layout.mask_relpath(kind, chip.output_name)
+            writer.write_geotiff(
+                layout.url(path), mask, header, compress=config.compress, is_mask=True
             )
             result.outputs[kind] = path
         timings["write_masks"] = time.perf_counter() - started
-    if job.zarr_url is not None and zarr_index is not None:
-        from sn5dask import store  # zarr is only imported by runs that write the store
-
+    if job.with_zarr and zarr_index is not None:
         started = time.perf_counter()
-        store.write_chip(job.zarr_url, zarr_index, rgb, masks)
-        result.outputs["zarr"] = f"{job.zarr_url.rstrip('/').rsplit('/', 1)[-1]}#{zarr_index}"
+        writer.write_zarr_region(layout.zarr_url, zarr_index, rgb, masks)
+        result.outputs[ZARR_OUTPUT] = str(layout.zarr_ref(zarr_index))
         timings["write_zarr"] = time.perf_counter() - started
 
 
@@ -166,20 +171,18 @@ def _stretch(
     bands: np.ndarray,
     result: ChipResult,
 ) -> np.ndarray | None:
-    config = job.config
-    cresi = config.profile == "cresi"
-    # CRESI ignores the nodata tag (only 0 is invalid); the default profile honours it.
-    nodata = None if cresi else [header.nodata[b - 1] for b in config.bands]
+    config, rules = job.config, job.config.rules
+    nodata = [header.nodata[b - 1] for b in config.bands] if rules.honour_nodata_tag else None
     fractions = zero_fractions(bands)
     result.zero_fraction = {str(b): round(f, 6) for b, f in zip(config.bands, fractions, strict=True)}
     if min(fractions) == 1.0:
         result.warnings.append(f"{chip.image}: every pixel of bands {list(config.bands)} is 0 (all nodata)")
-    if cresi and max(fractions) >= CRESI_MAX_ZERO_FRACTION:
+    if rules.skip_zero_fraction is not None and max(fractions) >= rules.skip_zero_fraction:
         worst = max(range(len(fractions)), key=fractions.__getitem__)
         result.status = "skipped"
         result.reason = (
             f"{chip.image}: band {config.bands[worst]} is {fractions[worst]:.1%} zeros "
-            f"(>= {CRESI_MAX_ZERO_FRACTION:.0%}): CRESI's skip rule writes no RGB"
+            f"(>= {rules.skip_zero_fraction:.0%}): CRESI's skip rule writes no RGB"
         )
         return None
     if job.aoi_cuts is not None:
@@ -196,7 +199,7 @@ def _stretch(
     for band, cut in zip(config.bands, cuts, strict=True):
         if cut.lo is None:
             result.warnings.append(f"{chip.image}: band {band} has no valid pixel: written as 0")
-        elif cut.is_flat and not cresi:
+        elif cut.is_flat and rules.warn_flat_band:
             result.warnings.append(
                 f"{chip.image}: band {band} percentiles are equal ({cut.lo:g}): "
                 "pixels <= it become 0, above it 255"
@@ -206,15 +209,16 @@ def _stretch(
 
 def _burn(
     chip: ChipRecord,
-    config: RunConfig,
+    job: ChipJob,
     header: ChipHeader,
     image: np.ndarray,
     result: ChipResult,
 ) -> dict[str, np.ndarray]:
     assert chip.label is not None
+    config = job.config
     max_bytes = int(config.max_label_mb * 2**20)
     try:
-        text = storage.read_bytes(chip.label, max_bytes=max_bytes)
+        text = job.reader.read_label(chip.label, max_bytes=max_bytes)
     except ValueError as exc:
         raise LabelError(chip.label, f"label file too large: {exc} (--max-label-mb)") from None
     except OSError as exc:
@@ -230,7 +234,7 @@ def _burn(
         labels,
         header.grid,
         kinds=config.masks,
-        profile=config.profile,
+        profile=config.rules,
         buffer_m=config.buffer_m,
         image=image,
         warnings=result.warnings,

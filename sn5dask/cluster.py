@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 import dask.config
@@ -22,6 +22,7 @@ log = logging.getLogger("sn5dask")
 _TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 _DISTRIBUTED_DEFAULT_TRIM = "65536"
 _METHOD_KEY = "distributed.worker.multiprocessing-method"
+_PRE_SPAWN_KEY = "distributed.nanny.pre-spawn-environ"
 #: dask config key: how the LocalCluster sn5dask starts makes its worker processes.
 START_METHOD_KEY = "sn5dask.worker-start-method"
 #: What the fork server imports once, so that every worker forked from it starts with
@@ -65,29 +66,47 @@ def worker_start_method() -> str:
     return method
 
 
+def worker_process_environ() -> dict[str, str]:
+    """The variables a worker process must have from its first instruction (one thread for
+    OpenMP/BLAS, ...): distributed's `nanny.pre-spawn-environ` with sn5dask's overrides,
+    where the client's environment does not already set them."""
+    with dask.config.set(worker_environment_overrides()):
+        # (a copy: dask restores the same dict in place when the context exits)
+        configured = dict(dask.config.get(_PRE_SPAWN_KEY))
+    return {k: os.environ.get(k, str(v)) for k, v in configured.items() if v is not None}
+
+
+@contextmanager
+def _environ(extra: Mapping[str, str]) -> Iterator[None]:
+    """`os.environ` with `extra` for the duration of the block (a process started inside
+    inherits it), then exactly as it was: the caller's environment is not changed."""
+    saved = {key: os.environ.get(key) for key in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def start_worker_server() -> None:
     """Start the fork server for local workers now, so its imports overlap with whatever
     the client does next (discovery, the scheduler's own start). Idempotent and cheap
     once running; a no-op with the spawn method.
 
-    The server's environment is the one its workers get. distributed sets its
-    `nanny.pre-spawn-environ` variables (one thread for OpenMP/BLAS, ...) in the client's
-    environment just before it starts each worker; with a fork server that would be too
-    late, so the same variables are set here, before the server starts, with the
-    overrides of `worker_environment_overrides`. Only what a process reads as it starts
-    (allocator, thread pools) comes from the server's environment: `get_client` hands
-    each worker the client's current variables.
+    The server's environment is the one its workers start with, so it is started with
+    `worker_process_environ()` added; the client's own `os.environ` is left as it was.
+    Only what a process reads as it starts (allocator, thread pools) comes from the
+    server's environment: `get_client` hands each worker the client's current variables.
     """
     if worker_start_method() != "forkserver":
         return
-    with dask.config.set(worker_environment_overrides()):
-        # (a copy: dask restores the same dict in place when the context exits)
-        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
-    os.environ.update(
-        {k: os.environ.get(k, str(v)) for k, v in environ.items() if v is not None}
-    )
     multiprocessing.set_forkserver_preload(list(WORKER_MODULES))
-    multiprocessing.forkserver.ensure_running()
+    with _environ(worker_process_environ()):
+        multiprocessing.forkserver.ensure_running()
 
 
 def prepare_local_workers(scheduler: str | None = None) -> None:
@@ -127,19 +146,26 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
         return
     n_workers = workers or default_worker_count()
     start_worker_server()
-    local_config = {**worker_environment_overrides(), _METHOD_KEY: worker_start_method()}
-    with dask.config.set(local_config), LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=1,
-        processes=True,
-        silence_logs=logging.ERROR,
-        dashboard_address=dask.config.get("distributed.dashboard.address", ":8787"),
-        # Forked workers inherit the fork server's environment, which may be older than
-        # the client's (AWS_*, GDAL_* set since): each worker applies the client's current
-        # variables first thing, as spawned workers would have inherited them.
-        env=dict(os.environ),
-    ) as cluster, Client(cluster) as client:
-        yield client
+    process_environ = worker_process_environ()
+    # distributed's nanny would write its pre-spawn variables into this process's
+    # os.environ (and leave them there); sn5dask hands them to the workers instead: set
+    # only while the worker processes start, and as each worker's `env`.
+    local_config = {_PRE_SPAWN_KEY: {}, _METHOD_KEY: worker_start_method()}
+    with dask.config.set(local_config):
+        with _environ(process_environ):
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                silence_logs=logging.ERROR,
+                dashboard_address=dask.config.get("distributed.dashboard.address", ":8787"),
+                # Forked workers inherit the fork server's environment, which may be older
+                # than the client's (AWS_*, GDAL_* set since): each worker applies the
+                # client's current variables first thing, as spawned workers would have.
+                env={**os.environ, **process_environ},
+            )
+        with cluster, Client(cluster) as client:
+            yield client
 
 
 def warm_up_workers(client: Client) -> None:
@@ -157,12 +183,14 @@ def warm_up_workers(client: Client) -> None:
             client.submit(
                 # allow_other_workers: a worker that left meanwhile must not leave an
                 # unrunnable task behind on a long-lived cluster (elsewhere it is a no-op)
-                _warm_up, workers=[address], allow_other_workers=True, pure=False, priority=1
+                prepare_worker, workers=[address], allow_other_workers=True, pure=False, priority=1
             )
         )
 
 
-def _warm_up() -> None:
+def prepare_worker() -> None:
+    """Everything a worker process needs before its first chip, in one place: the chip-task
+    imports, GDAL set-up and PROJ's UTM table. Idempotent (cheap on a warm worker)."""
     from sn5dask import aoistats, chiptask, masks, raster  # noqa: F401
 
     with raster.gdal_env():

@@ -1,7 +1,9 @@
 """The one run configuration: CLI flags and `--config run.yaml` fill the same model.
 
 Cluster tunables (worker memory, timeouts, retries) stay in dask's own config
-(`dask.config`, `DASK_*` environment variables), not here.
+(`dask.config`, `DASK_*` environment variables), not here. The option vocabulary (mask
+kinds, formats, compressions) is defined here, so importing the config imports no GDAL,
+GEOS or PROJ bindings.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sn5dask.errors import ConfigError
-from sn5dask.masks import MASK_KINDS
-from sn5dask.raster import COMPRESSIONS
+from sn5dask.profiles import Profile, get_profile
 
+MASK_KINDS = ("binary", "continuous", "binned", "multichannel")
 FORMATS = ("geotiff", "zarr")
+COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 
 
 def _split(value: Any) -> Any:
@@ -57,7 +60,7 @@ class RunConfig(BaseModel):
     @field_validator("aois")
     @classmethod
     def _aoi_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from sn5dask.catalog import sanitise
+        from sn5dask.layout import sanitise
 
         for name in value:
             if sanitise(name) != name:
@@ -101,7 +104,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _profile_rules(self) -> RunConfig:
-        if self.profile == "cresi" and self.stretch == "aoi":
+        if self.rules.percentile_scope == "chip" and self.stretch == "aoi":
             raise ValueError(
                 "--profile cresi stretches per chip as CRESI does; --stretch aoi is refused "
                 "(use the default profile for AOI-wide percentiles)"
@@ -109,11 +112,16 @@ class RunConfig(BaseModel):
         return self
 
     @property
+    def rules(self) -> Profile:
+        """The profile's rules (DESIGN.md §3)."""
+        return get_profile(self.profile)
+
+    @property
     def stretch_scope(self) -> str:
         """The effective stretch scope: the profile's own unless `--stretch` says."""
         if self.stretch is not None:
             return self.stretch
-        return "chip" if self.profile == "cresi" else "aoi"
+        return self.rules.percentile_scope
 
     def output_params(self) -> dict[str, Any]:
         """The parameters that determine output pixels and files (the resume key)."""

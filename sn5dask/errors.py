@@ -1,9 +1,19 @@
-"""One exception base for sn5dask, with a few precise subclasses.
+"""One exception base for sn5dask, with a few precise subclasses, and the one place where
+a chip's error becomes a recorded reason (`guard_chip`).
 
 Every message names the file (or option) at fault and says what to do about it.
 """
 
 from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+log = logging.getLogger("sn5dask")
+T = TypeVar("T")
 
 
 class Sn5daskError(Exception):
@@ -41,3 +51,35 @@ class LockError(Sn5daskError):
 
 class ParamsChangedError(Sn5daskError):
     """A re-run with different parameters over existing outputs (the CLI exits 2)."""
+
+
+class ManifestError(Sn5daskError):
+    """A run manifest that cannot be read, does not parse or has the wrong shape."""
+
+
+@dataclass(frozen=True)
+class ChipOutcome(Generic[T]):
+    """What `guard_chip` returns: the work's value, or why it failed (and, for an
+    unexpected error, its traceback text)."""
+
+    value: T | None
+    reason: str | None = None
+    traceback: str | None = None
+
+
+def guard_chip(path: str, work: Callable[[], T]) -> ChipOutcome[T]:
+    """Run one chip's `work`; the single place where a per-chip failure is caught.
+
+    A `ChipError` is an expected failure: its message is the reason. Any other exception
+    is unexpected: the reason names the file and the error, and the traceback is returned
+    for the chip's log file. One bad chip never kills the run. (`BaseException`s such as
+    `KeyboardInterrupt` are not caught.)
+    """
+    try:
+        return ChipOutcome(work())
+    except ChipError as exc:
+        return ChipOutcome(None, str(exc))
+    except Exception as exc:  # one bad chip never kills the run: recorded, reported
+        log.debug("chip %s failed", path, exc_info=True)
+        reason = f"{path}: unexpected error {type(exc).__name__}: {exc}"
+        return ChipOutcome(None, reason, traceback.format_exc())

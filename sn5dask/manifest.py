@@ -1,82 +1,162 @@
-"""`manifest.json`: the per-AOI resume record, rewritten atomically by the client.
+"""`manifest.json`: the per-AOI resume record, a typed model, and the resume rules.
 
-A chip is done when its status is `ok` or `skipped` under identical params and every
-path in its `outputs` exists under its final name (a Zarr output is recorded only after
-its region write returned, and counts while the store exists).
+The run, resume, `validate` and the API all read and write it through `Manifest` and
+`ChipEntry`; a file that does not parse or has the wrong shape raises `ManifestError`
+(never an `AttributeError` or `IndexError` further down).
+
+Resume rules (DESIGN.md §5): a chip is done when its status is `ok` or `skipped` under
+identical params and every output it records is there: a file under its final name, or a
+Zarr region written into the store that still exists (a region is recorded only after its
+write returned). A re-run whose params differ stops unless `--overwrite` is given.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
-from sn5dask import storage
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-MANIFEST_NAME = "manifest.json"
-STATS_NAME = "stats.json"
-DONE_STATUSES = ("ok", "skipped")
+from sn5dask.errors import ManifestError, ParamsChangedError
+from sn5dask.layout import ZARR_OUTPUT, AoiLayout, ZarrRef
+
+ChipStatus = Literal["ok", "skipped", "failed"]
+STATUSES: tuple[ChipStatus, ...] = ("ok", "skipped", "failed")
+DONE_STATUSES: tuple[ChipStatus, ...] = ("ok", "skipped")
 
 
-@dataclass
-class Manifest:
+class ChipEntry(BaseModel):
+    """One chip's record. `outputs` maps an output kind (`rgb`, a mask kind, `zarr`) to a
+    path relative to the AOI folder (`zarr`: a `ZarrRef` string). Unknown fields are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: ChipStatus
+    image: str | None = None
+    label: str | None = None
+    reason: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    zero_fraction: dict[str, float] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    percentiles: dict[str, list[float | None]] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in DONE_STATUSES
+
+    def zarr_ref(self) -> ZarrRef | None:
+        """The chip's Zarr region, or None when it has none; `ManifestError` when the
+        recorded reference is malformed."""
+        text = self.outputs.get(ZARR_OUTPUT)
+        if text is None:
+            return None
+        try:
+            return ZarrRef.parse(text)
+        except ValueError as exc:
+            raise ManifestError(f"{self.image or 'a chip'}: {exc}") from None
+
+    def file_outputs(self) -> dict[str, str]:
+        """The outputs that are files (every kind but the Zarr region)."""
+        return {kind: path for kind, path in self.outputs.items() if kind != ZARR_OUTPUT}
+
+    def as_json(self) -> dict[str, Any]:
+        document = self.model_dump(mode="json")
+        if document.get("percentiles") is None:
+            document.pop("percentiles", None)
+        return document
+
+
+class Manifest(BaseModel):
+    """The whole record of one AOI's run. Chip keys are chip ids, in the AOI's order."""
+
+    model_config = ConfigDict(extra="allow")
+
     aoi: str
     params: dict[str, Any]
     root: str = ""
-    chips: dict[str, dict[str, Any]] = field(default_factory=dict)
-    orphan_labels: list[str] = field(default_factory=list)
-    started: float = field(default_factory=time.time)
+    orphan_labels: list[str] = Field(default_factory=list)
+    chips: dict[str, ChipEntry] = Field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for entry in self.chips.values():
+            counts[entry.status] += 1
+        return counts
 
     def as_json(self) -> dict[str, Any]:
-        counts = {s: 0 for s in ("ok", "skipped", "failed")}
-        for entry in self.chips.values():
-            counts[entry["status"]] = counts.get(entry["status"], 0) + 1
         return {
             "aoi": self.aoi,
             "root": self.root,
             "params": self.params,
             "orphan_labels": self.orphan_labels,
-            "counts": counts,
+            "counts": self.counts(),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "chips": self.chips,
+            "chips": {chip_id: entry.as_json() for chip_id, entry in self.chips.items()},
         }
 
-    def write(self, out_aoi: str) -> None:
-        storage.write_json_atomic(storage.join(out_aoi, MANIFEST_NAME), self.as_json())
+    @classmethod
+    def parse(cls, document: Any, source: str) -> Manifest:
+        """The model of a decoded manifest document; `ManifestError` naming `source` when
+        it has the wrong shape."""
+        if not isinstance(document, dict):
+            raise ManifestError(f"{source}: not a manifest (a JSON object was expected)")
+        fields = {k: v for k, v in document.items() if k not in ("counts", "updated")}
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            raise ManifestError(f"{source}: not a valid sn5dask manifest ({_plain(exc)})") from None
+
+    # -- resume rules ------------------------------------------------------------------
+    def done_entries(
+        self, params: Mapping[str, Any], layout: AoiLayout, exists: Callable[[str], bool]
+    ) -> dict[str, ChipEntry]:
+        """Entries of chips that need no work: done under `params` with every recorded
+        output present (`exists` is asked for URLs; a path that would leave the AOI folder
+        counts as missing)."""
+        if self.params != dict(params):
+            return {}
+        done: dict[str, ChipEntry] = {}
+        for chip_id, entry in self.chips.items():
+            if entry.done and all(
+                _output_exists(layout, kind, path, exists) for kind, path in entry.outputs.items()
+            ):
+                done[chip_id] = entry
+        return done
+
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        """`ParamsChangedError` naming each parameter that differs, with old and new value."""
+        old, new = self.params, dict(params)
+        if old == new:
+            return
+        changes = [
+            f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)
+        ]
+        changed = {key.split(":", 1)[0] for key in changes}
+        hint = ""
+        if changed and changed <= {"aoi_percentiles", "zarr_chip_ids_sha256"}:
+            hint = " (the AOI's chips changed since that run)"
+        raise ParamsChangedError(
+            f"{self.aoi}: outputs were made with other parameters{hint}: {'; '.join(changes)}. "
+            "Re-run with --overwrite to replace them, or choose another --out"
+        )
 
 
-def read_manifest(out_aoi: str) -> dict[str, Any] | None:
-    """The previous run's manifest, or None (also when it is unreadable: nothing is done)."""
-    url = storage.join(out_aoi, MANIFEST_NAME)
+def _output_exists(layout: AoiLayout, kind: str, relpath: str, exists: Callable[[str], bool]) -> bool:
     try:
-        if not storage.exists(url):
-            return None
-        document = storage.read_json(url)
-    except (OSError, ValueError):
-        return None
-    return document if isinstance(document, dict) else None
-
-
-def done_chips(previous: dict[str, Any] | None, params: dict[str, Any], out_aoi: str) -> dict[str, dict]:
-    """Entries of chips that need no work: done under `params` with every output present."""
-    if not previous or previous.get("params") != params:
-        return {}
-    done: dict[str, dict] = {}
-    for chip_id, entry in (previous.get("chips") or {}).items():
-        if not isinstance(entry, dict) or entry.get("status") not in DONE_STATUSES:
-            continue
-        outputs = entry.get("outputs") or {}
-        if all(_output_exists(out_aoi, path) for path in outputs.values()):
-            done[chip_id] = entry
-    return done
-
-
-def _output_exists(out_aoi: str, relpath: str) -> bool:
-    if not isinstance(relpath, str):
+        if kind == ZARR_OUTPUT:
+            return exists(layout.url(ZarrRef.parse(relpath).store))
+        return exists(layout.url(relpath))
+    except ValueError:  # a malformed or escaping path in a tampered manifest: not there
         return False
-    if "#" in relpath:  # "<AOI>.zarr#<index>": the region was written into this store
-        relpath = relpath.split("#", 1)[0]
-    try:
-        return storage.exists(storage.join(out_aoi, relpath))
-    except ValueError:  # an unsafe path in a tampered manifest is simply "not there"
-        return False
+
+
+def _plain(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(p) for p in error["loc"]) or "document"
+        problems.append(f"{where}: {error['msg']}")
+    more = len(exc.errors()) - 3
+    return "; ".join(problems) + (f"; and {more} more" if more > 0 else "")

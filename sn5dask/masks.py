@@ -8,15 +8,13 @@ pixel, so the chip is rasterised once into class indices (0 = background) and ea
 is a lookup table indexed by class. That is exact (the same pixels as burning each kind
 separately with the same geometry order) and several times cheaper.
 
-Profiles (DESIGN.md §3):
-- `sn5dask`: UTM zone containing the chip centre, `buffer(buffer_m)` with round caps and
-  16 segments per quarter circle, each road burned on its own in ascending speed order
-  (so the faster road wins whatever the feature order); roads with no usable speed are a
-  class of their own below every speed: they appear in `binary` and multichannel band 8.
-- `cresi`: CRESI's centroid UTM zone (always northern), `buffer(buffer_m, quad_segs=1)`,
-  dissolve by mps ascending (a group burns its first row's mph), roads without a
-  positive speed dropped.
-Both reproject the buffered roads into the raster's CRS (CRESI never does, Q5).
+The rules that differ between profiles come from `profiles.Profile` (DESIGN.md §3): which
+UTM zone (the chip centre's, or CRESI's label-centroid northern zone), the buffer's caps,
+how overlaps resolve (each road on its own in ascending speed order so the faster wins
+whatever the feature order, or CRESI's dissolve by mps where a group burns its first
+row's mph), whether roads without a usable speed are burned (a class of their own below
+every speed: `binary` and multichannel band 8 only), and the nodata zeroing rule.
+Both profiles reproject the buffered roads into the raster's CRS (CRESI never does, Q5).
 """
 
 from __future__ import annotations
@@ -34,17 +32,12 @@ from pyproj.database import query_utm_crs_info
 from rasterio.features import rasterize
 from shapely.geometry.base import BaseGeometry
 
+from sn5dask.config import MASK_KINDS
 from sn5dask.labels import RoadLabels
+from sn5dask.profiles import Profile, get_profile
 from sn5dask.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS, binned_value, continuous_value
 
-MASK_KINDS = ("binary", "continuous", "binned", "multichannel")
-PROFILES = ("sn5dask", "cresi")
-#: Shapely's default: 16 segments per quarter circle (solaris' buffer, case R1).
-ROUND_QUAD_SEGS = 16
-#: CRESI passes `buffer(2, 1)`: one segment per quarter circle, i.e. pointed caps.
-CRESI_QUAD_SEGS = 1
-#: CRESI zeroes masks under image nodata only when at least this share of pixels is nodata.
-CRESI_NODATA_MIN_SHARE = 0.05
+__all__ = ["MASK_KINDS", "burn_chip_masks", "burn_speed_classes", "masks_from_speed_classes"]
 
 
 @dataclass(frozen=True)
@@ -63,22 +56,32 @@ def burn_speed_classes(
     labels: RoadLabels,
     grid: GeoBox,
     *,
-    profile: str = "sn5dask",
+    profile: str | Profile = "sn5dask",
     buffer_m: float = 2.0,
 ) -> SpeedClasses:
     """Buffer the roads in metres and rasterise them once into speed classes."""
-    _check_profile(profile)
+    rules = get_profile(profile)
     height, width = grid.shape.yx
     if len(labels) == 0:
         return SpeedClasses(np.zeros((height, width), np.uint8), np.array([0.0]), 0)
-    if profile == "cresi":
-        polygons, class_speeds = _cresi_polygons(labels, grid, buffer_m)
+    if rules.utm_rule == "label_centroid_north":
+        utm = cresi_utm_crs(labels.lines, labels.crs)
     else:
-        polygons, class_speeds = _sn5dask_polygons(labels, grid, buffer_m)
-    dtype = np.uint8 if len(class_speeds) <= 255 else np.uint16
+        utm = utm_crs_containing(*_grid_centre_lonlat(grid))
+    buffered = _buffer_in_metres(labels.lines, labels.crs, utm, buffer_m, rules.buffer_quad_segs)
+    if rules.overlap == "dissolve_by_mps":
+        in_utm, class_speeds = _dissolve_by_mps(labels, buffered)
+    else:
+        in_utm, class_speeds = _fastest_wins(labels, buffered)
+    if not rules.burn_roads_without_speed:
+        in_utm = [(p, c) for p, c in in_utm if np.isfinite(class_speeds[c - 1])]
+    geometries = reproject_geometries(
+        np.array([p for p, _ in in_utm], dtype=object), utm, _grid_crs(grid)
+    )
+    dtype = class_raster_dtype(len(class_speeds))
     shapes = [
         (polygon, class_index)
-        for polygon, class_index in polygons
+        for polygon, (_, class_index) in zip(geometries, in_utm, strict=True)
         if polygon is not None and not polygon.is_empty
     ]
     footprint = shapely.box(*grid.extent.boundingbox)
@@ -97,12 +100,19 @@ def burn_speed_classes(
     return SpeedClasses(classes, np.concatenate([[0.0], class_speeds]), roads_on_chip)
 
 
-def _sn5dask_polygons(
-    labels: RoadLabels, grid: GeoBox, buffer_m: float
+def class_raster_dtype(n_classes: int) -> np.dtype:
+    """The narrowest unsigned type that holds class indexes 0..n_classes: the class raster
+    must never wrap around, whatever the number of distinct speeds in a label."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if n_classes <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"{n_classes} speed classes do not fit a raster")
+
+
+def _fastest_wins(
+    labels: RoadLabels, buffered: np.ndarray
 ) -> tuple[list[tuple[BaseGeometry, int]], np.ndarray]:
-    utm = utm_crs_containing(*_grid_centre_lonlat(grid))
-    buffered = _buffer_in_metres(labels.lines, labels.crs, utm, buffer_m, ROUND_QUAD_SEGS)
-    in_raster_crs = reproject_geometries(buffered, utm, _grid_crs(grid))
+    """Each road on its own, in ascending class order (burned last = on top)."""
     speeds = labels.speed_mph
     has_speed = np.isfinite(speeds) & (speeds > 0)
     distinct = np.unique(speeds[has_speed])
@@ -110,37 +120,27 @@ def _sn5dask_polygons(
     # classes 2.. = distinct speeds ascending, so burning in class order lets the faster win.
     class_of_road = np.where(has_speed, np.searchsorted(distinct, speeds) + 2, 1)
     order = np.argsort(class_of_road, kind="stable")
-    polygons = [(in_raster_crs[i], int(class_of_road[i])) for i in order]
+    polygons = [(buffered[i], int(class_of_road[i])) for i in order]
     return polygons, np.concatenate([[np.nan], distinct])
 
 
-def _cresi_polygons(
-    labels: RoadLabels, grid: GeoBox, buffer_m: float
+def _dissolve_by_mps(
+    labels: RoadLabels, buffered: np.ndarray
 ) -> tuple[list[tuple[BaseGeometry, int]], np.ndarray]:
-    utm = cresi_utm_crs(labels.lines, labels.crs)
-    buffered = _buffer_in_metres(labels.lines, labels.crs, utm, buffer_m, CRESI_QUAD_SEGS)
-    # CRESI: dissolve(by=mps) drops null mps and sorts groups ascending; the group burns
-    # the mph of its first row in file order. mph <= 0 burns 0 (= nothing), so drop it.
+    """CRESI: dissolve(by=mps) drops null mps and sorts groups ascending; a group burns the
+    mph of its first row in file order. mph <= 0 burns 0 (= nothing), so it is dropped."""
     mps = labels.speed_mps
     keep = np.isfinite(mps)
-    groups: list[tuple[float, np.ndarray]] = [
-        (value, np.flatnonzero(keep & (mps == value))) for value in np.unique(mps[keep])
-    ]
     polygons: list[tuple[BaseGeometry, int]] = []
     class_speeds: list[float] = []
-    for _, members in groups:
+    for value in np.unique(mps[keep]):
+        members = np.flatnonzero(keep & (mps == value))
         first_mph = labels.speed_mph[members[0]]
         if not (np.isfinite(first_mph) and first_mph > 0):
             continue
         class_speeds.append(float(first_mph))
-        union = shapely.union_all(buffered[members])
-        polygons.append((union, len(class_speeds)))
-    if not polygons:
-        return [], np.array([], dtype=np.float64)
-    unions = reproject_geometries(
-        np.array([p for p, _ in polygons], dtype=object), utm, _grid_crs(grid)
-    )
-    return [(u, c) for u, (_, c) in zip(unions, polygons, strict=True)], np.array(class_speeds)
+        polygons.append((shapely.union_all(buffered[members]), len(class_speeds)))
+    return polygons, np.array(class_speeds, dtype=np.float64)
 
 
 def _buffer_in_metres(
@@ -232,18 +232,21 @@ def _cresi_utm(zone: int) -> CRS:
     return CRS.from_proj4(f"+proj=utm +zone={zone} +ellps=WGS84 +datum=WGS84 +units=m +no_defs")
 
 
-def zero_under_nodata(classes: np.ndarray, image: np.ndarray, profile: str) -> np.ndarray:
-    """Set classes to 0 where the image has no data.
+def zero_under_nodata(
+    classes: np.ndarray, image: np.ndarray, profile: str | Profile = "sn5dask"
+) -> np.ndarray:
+    """Set classes to 0 where the image has no data (the profile's rule).
 
-    `sn5dask`: wherever every band of `image` (band, y, x) is 0. `cresi`: where the sum of
-    the bands is 0, only if at least 5 % of pixels are, and only for multi-band images.
+    `all_bands_zero`: wherever every band of `image` (band, y, x) is 0.
+    `band_sum_zero_if_share` (CRESI): where the bands sum to 0 (unsigned: all are 0), only
+    if at least `nodata_min_share` of pixels do, and only for multi-band images.
     """
-    _check_profile(profile)
+    rules = get_profile(profile)
     if image.ndim == 2:
         image = image[np.newaxis]
     empty = ~np.any(image, axis=0)
-    if profile == "cresi":
-        if image.shape[0] < 2 or empty.mean() < CRESI_NODATA_MIN_SHARE:
+    if rules.nodata_zeroing == "band_sum_zero_if_share":
+        if image.shape[0] < 2 or empty.mean() < rules.nodata_min_share:
             return classes
     if not empty.any():
         return classes
@@ -253,13 +256,14 @@ def zero_under_nodata(classes: np.ndarray, image: np.ndarray, profile: str) -> n
 
 
 def masks_from_speed_classes(
-    speed_classes: SpeedClasses, kinds: Iterable[str] = MASK_KINDS, profile: str = "sn5dask"
+    speed_classes: SpeedClasses, kinds: Iterable[str] = MASK_KINDS
 ) -> dict[str, np.ndarray]:
     """Every requested mask kind from one speed-class raster, by lookup tables.
 
     Returns uint8 arrays: (H, W) for binary/continuous/binned, (8, H, W) for multichannel.
+    `binary` is 255 on every burned class (for the cresi profile only roads with a speed
+    are burned, so it equals CRESI's `binned > 0`).
     """
-    _check_profile(profile)
     kinds = tuple(kinds)
     unknown = set(kinds) - set(MASK_KINDS)
     if unknown:
@@ -271,9 +275,6 @@ def masks_from_speed_classes(
     binned_lut = np.where(has_speed, binned_value(safe_speeds), 0).astype(np.uint8)
     road_lut = np.zeros(len(speeds), dtype=np.uint8)
     road_lut[1:] = 255
-    if profile == "cresi":
-        # CRESI's binary (multichannel band 8) is `binned > 0`.
-        road_lut = np.where(binned_lut > 0, 255, 0).astype(np.uint8)
 
     classes = speed_classes.classes
     out: dict[str, np.ndarray] = {}
@@ -306,7 +307,7 @@ def burn_chip_masks(
     grid: GeoBox,
     *,
     kinds: Sequence[str] = MASK_KINDS,
-    profile: str = "sn5dask",
+    profile: str | Profile = "sn5dask",
     buffer_m: float = 2.0,
     image: np.ndarray | None = None,
     warnings: list[str] | None = None,
@@ -328,7 +329,7 @@ def burn_chip_masks(
             speed_classes.speed_mph,
             speed_classes.roads_on_chip,
         )
-    return masks_from_speed_classes(speed_classes, kinds, profile)
+    return masks_from_speed_classes(speed_classes, kinds)
 
 
 def _grid_crs(grid: GeoBox) -> CRS:
@@ -336,8 +337,3 @@ def _grid_crs(grid: GeoBox) -> CRS:
     if grid.crs is None:
         raise ValueError("the chip grid has no CRS: masks cannot be placed")
     return grid.crs.proj
-
-
-def _check_profile(profile: str) -> None:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {PROFILES}")

@@ -19,7 +19,8 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 
-from sn5dask import storage
+from sn5dask import files
+from sn5dask.config import COMPRESSIONS
 from sn5dask.errors import ImageError
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ SUPPORTED_DTYPES = ("uint8", "uint16")
 #: How often this process decoded each chip's pixels (benchmarks read it from every worker
 #: to show each chip is read at most twice). Diagnostics only; nothing depends on it.
 PIXEL_READS: Counter[str] = Counter()
-COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 #: Largest GeoTIFF tile side; tiles are sized to fit the chip (see `block_size`).
 MAX_BLOCK_SIZE = 1024
 # Codec settings per output kind, measured on a full-size chip (benchmarks/bench_encode.py):
@@ -223,6 +223,19 @@ def block_size(side: int) -> int:
     return 16 * math.ceil(math.ceil(side / n_tiles) / 16)
 
 
-def write_geotiff(url: str, array: np.ndarray, header: ChipHeader, **kwargs: object) -> None:
-    """Encode and write atomically (`.partial` + rename locally, one PUT on S3)."""
-    storage.write_bytes_atomic(url, encode_geotiff(array, header, **kwargs))  # type: ignore[arg-type]
+def write_geotiff(
+    url: str,
+    array: np.ndarray,
+    header: ChipHeader,
+    *,
+    compress: str = "deflate",
+    nodata: float | None = None,
+    photometric: str | None = None,
+    is_mask: bool = False,
+) -> None:
+    """Encode (`encode_geotiff`) and write atomically (`.partial` + rename locally, one PUT
+    on S3)."""
+    data = encode_geotiff(
+        array, header, compress=compress, nodata=nodata, photometric=photometric, is_mask=is_mask
+    )
+    files.write_bytes_atomic(url, data)

@@ -21,15 +21,18 @@ import numpy as np
 GDAL_EQUAL_RANGE_BUMP = 0.1
 #: CRESI floors the low cut at 1 (a value of 0 is nodata in SpaceNet imagery).
 LOW_CUT_FLOOR = 1.0
+#: Histogram bins of each supported dtype (one bin per value).
+UINT8_BINS = 256
+UINT16_BINS = 65536
 
 
 def histogram_bins(dtype: np.dtype | type) -> int:
     """Number of histogram bins for an unsigned integer dtype (256 or 65536)."""
     dtype = np.dtype(dtype)
     if dtype == np.uint8:
-        return 256
+        return UINT8_BINS
     if dtype == np.uint16:
-        return 65536
+        return UINT16_BINS
     raise ValueError(f"unsupported dtype {dtype}: only uint8 and uint16 have exact histograms")
 
 

@@ -26,13 +26,14 @@ import rasterio
 from affine import Affine
 from pyproj import CRS, Transformer
 
+from sn5dask.speed import MPS_PER_MPH
+
 SYNTHETIC_AOI = "AOI_99_Synthetic"
 #: Centre of the synthetic city (lon, lat): Moscow, so the UTM variant is EPSG:32637.
 ORIGIN_LONLAT = (37.60, 55.75)
 PIXEL_SIZE_M = 0.3
 METRES_PER_DEGREE_LAT = 111_320.0
 SPEEDS_MPH = (5.0, 10.0, 10.5, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 55.0, 65.0, 75.0)
-MPS_PER_MPH = 0.44704
 # Rough per-band gains of WorldView-3 PS-MS radiance (8 bands: coastal, blue, green,
 # yellow, red, red edge, NIR1, NIR2), and how vegetation shifts each band (dark in red
 # and blue, brighter in green, bright in the near infrared): plausible colours in 5,3,2.

@@ -9,7 +9,6 @@ georeferencing and uint8 arrays the manifest implies. Each problem names the fil
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +16,12 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
 
-from sn5dask import storage
+from sn5dask import files
 from sn5dask.catalog import discover
-from sn5dask.errors import ChipError, Sn5daskError
-from sn5dask.manifest import DONE_STATUSES, MANIFEST_NAME
+from sn5dask.chipio import FileWriter, read_json
+from sn5dask.errors import ChipError, ManifestError, Sn5daskError
+from sn5dask.layout import RGB_OUTPUT, AoiLayout, ZarrRef, layouts_under
+from sn5dask.manifest import ChipEntry, Manifest
 from sn5dask.raster import ChipHeader, gdal_env, read_header
 
 EXPECTED_BANDS = {"binary": 1, "continuous": 1, "binned": 1, "multichannel": 8}
@@ -39,62 +40,71 @@ class ValidationReport:
 
 def validate_output(out: str) -> ValidationReport:
     """Validate every AOI output folder under `out` (or `out` itself being one)."""
-    fs, base = storage.filesystem(out)
-    manifests = sorted(
-        set(fs.glob(f"{base.rstrip('/')}/*/{MANIFEST_NAME}"))
-        | set(fs.glob(f"{base.rstrip('/')}/{MANIFEST_NAME}"))
-    )
-    if not manifests:
+    layouts = layouts_under(out)
+    if not layouts:
         raise Sn5daskError(f"{out}: no manifest.json found (not an sn5dask output folder)")
     report = ValidationReport()
-    for manifest_path in manifests:
-        out_aoi = storage.full_url(fs, posixpath.dirname(manifest_path))
-        if storage.is_local(out):
-            out_aoi = posixpath.dirname(manifest_path)
-        _validate_aoi(out_aoi, storage.read_json(storage.full_url(fs, manifest_path)), report)
+    for layout in layouts:
+        try:
+            manifest = Manifest.parse(read_json(FileWriter(), layout.manifest_url), layout.manifest_url)
+        except (OSError, ValueError) as exc:
+            report.problems.append(f"{layout.manifest_url}: unreadable manifest ({exc})")
+            continue
+        except ManifestError as exc:
+            report.problems.append(str(exc))
+            continue
+        _validate_aoi(layout, manifest, report)
     return report
 
 
-def _validate_aoi(out_aoi: str, manifest: dict[str, Any], report: ValidationReport) -> None:
-    aoi = manifest.get("aoi", "?")
-    chips: dict[str, dict[str, Any]] = manifest.get("chips") or {}
-    params = manifest.get("params") or {}
-    root = manifest.get("root")
-    if root:
+def _validate_aoi(layout: AoiLayout, manifest: Manifest, report: ValidationReport) -> None:
+    aoi = manifest.aoi
+    if manifest.root:
         try:
-            source_ids = {c.chip_id for cat in discover(root, [aoi]) for c in cat.chips}
+            source_ids = {c.chip_id for cat in discover(manifest.root, [aoi]) for c in cat.chips}
         except Sn5daskError as exc:
             report.problems.append(f"{aoi}: cannot list the source chips ({exc})")
             source_ids = set()
-        for chip_id in sorted(source_ids - set(chips)):
-            report.problems.append(f"{aoi} {chip_id}: missing chip: in {root} but not in the manifest")
-    zarr_entries: dict[str, tuple[int, ChipHeader | None]] = {}
-    for chip_id, entry in chips.items():
-        if entry.get("status") not in DONE_STATUSES:
+        for chip_id in sorted(source_ids - set(manifest.chips)):
+            report.problems.append(
+                f"{aoi} {chip_id}: missing chip: in {manifest.root} but not in the manifest"
+            )
+    zarr_entries: dict[str, tuple[ZarrRef, ChipHeader | None]] = {}
+    n_rgb_bands = len(manifest.params.get("bands", []))
+    for chip_id, entry in manifest.chips.items():
+        if not entry.done:
             continue
         report.checked_chips += 1
-        header = _source_header(entry, aoi, chip_id, report)
-        for kind, relpath in (entry.get("outputs") or {}).items():
-            if kind == "zarr":
-                zarr_entries[chip_id] = (int(str(relpath).split("#", 1)[1]), header)
+        label = f"{aoi} {chip_id}"
+        header = _source_header(entry, label, report)
+        try:
+            ref = entry.zarr_ref()
+        except ManifestError as exc:
+            report.problems.append(f"{label}: {exc}")
+            ref = None
+        if ref is not None:
+            zarr_entries[chip_id] = (ref, header)
+        for kind, relpath in entry.file_outputs().items():
+            try:
+                url = layout.url(relpath)
+            except ValueError:
+                report.problems.append(
+                    f"{label}: output path {relpath!r} escapes the output folder {layout.folder}"
+                )
                 continue
-            url = storage.join(out_aoi, relpath)
-            bands = len(params.get("bands", [])) if kind == "rgb" else EXPECTED_BANDS.get(kind, 1)
-            _check_geotiff(url, bands, header, f"{aoi} {chip_id}", report)
+            bands = n_rgb_bands if kind == RGB_OUTPUT else EXPECTED_BANDS.get(kind, 1)
+            _check_geotiff(url, bands, header, label, report)
     if zarr_entries:
-        _check_zarr(storage.join(out_aoi, f"{aoi}.zarr"), zarr_entries, aoi, report)
+        _check_zarr(layout, zarr_entries, aoi, report)
 
 
-def _source_header(
-    entry: dict[str, Any], aoi: str, chip_id: str, report: ValidationReport
-) -> ChipHeader | None:
-    image = entry.get("image")
-    if not image:
+def _source_header(entry: ChipEntry, label: str, report: ValidationReport) -> ChipHeader | None:
+    if not entry.image:
         return None
     try:
-        return read_header(image)
+        return read_header(entry.image)
     except ChipError as exc:
-        report.problems.append(f"{aoi} {chip_id}: source image unreadable, georef not checked ({exc})")
+        report.problems.append(f"{label}: source image unreadable, georef not checked ({exc})")
         return None
 
 
@@ -102,7 +112,7 @@ def _check_geotiff(
     url: str, bands: int, header: ChipHeader | None, label: str, report: ValidationReport
 ) -> None:
     report.checked_files += 1
-    if not storage.exists(url):
+    if not files.exists(url):
         report.problems.append(f"{label}: {url}: missing output file")
         return
     try:
@@ -144,14 +154,17 @@ def _check_georef(
 
 
 def _check_zarr(
-    url: str,
-    entries: dict[str, tuple[int, ChipHeader | None]],
+    layout: AoiLayout,
+    entries: dict[str, tuple[ZarrRef, ChipHeader | None]],
     aoi: str,
     report: ValidationReport,
 ) -> None:
     import xarray as xr
 
+    from sn5dask import zarrstore
+
     report.checked_files += 1
+    url = layout.zarr_url
     try:
         ds = xr.open_zarr(url, **_zarr_options(url))
     except Exception as exc:  # any failure to open is a finding, not a crash
@@ -164,25 +177,32 @@ def _check_zarr(
     transforms = ds["transform"].values
     crs_list = ds.attrs.get("crs_wkt", [])
     crs_index = ds["crs"].values
-    for chip_id, (index, header) in entries.items():
-        if index >= len(ids) or ids[index] != chip_id:
-            report.problems.append(f"{aoi} {chip_id}: {url}: chip missing at index {index}")
+    for chip_id, (ref, header) in entries.items():
+        label = f"{aoi} {chip_id}"
+        index = ref.index
+        if ref.store != layout.zarr_relpath:
+            report.problems.append(f"{label}: Zarr reference {ref} names another store than {layout.zarr_relpath}")
             continue
+        if index >= len(ids) or ids[index] != chip_id:
+            report.problems.append(f"{label}: {url}: chip missing at index {index}")
+            continue
+        # A chunk never written reads as zeros: check that each variable's chunk exists.
+        for name, variable in ds.data_vars.items():
+            if not files.exists(files.join(url, *zarrstore.chunk_key(str(name), index, variable.ndim))):
+                report.problems.append(f"{label}: {url}: {name} chunk of chip {index} is missing")
         if header is None:
             continue
         if tuple(transforms[index]) != tuple(header.transform):
-            report.problems.append(f"{aoi} {chip_id}: {url}: georeferencing mismatch (transform)")
+            report.problems.append(f"{label}: {url}: georeferencing mismatch (transform)")
         wkt = crs_list[crs_index[index]] if 0 <= crs_index[index] < len(crs_list) else None
         if wkt is None or rasterio.crs.CRS.from_wkt(wkt) != rasterio.crs.CRS.from_wkt(header.crs_wkt):
-            report.problems.append(f"{aoi} {chip_id}: {url}: georeferencing mismatch (crs)")
+            report.problems.append(f"{label}: {url}: georeferencing mismatch (crs)")
         try:
             ds["rgb"][index].values  # decode the chip's chunk
         except Exception as exc:  # a corrupted chunk is a finding
-            report.problems.append(f"{aoi} {chip_id}: {url}: chunk unreadable ({exc})")
+            report.problems.append(f"{label}: {url}: chunk unreadable ({exc})")
 
 
 def _zarr_options(url: str) -> dict[str, Any]:
-    from sn5dask.storage import storage_options
-
-    options = storage_options(url)
+    options = files.storage_options(url)
     return {"storage_options": options} if options else {}

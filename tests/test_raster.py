@@ -91,7 +91,7 @@ def test_block_size_fits_the_chip() -> None:
 
 
 def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sn5dask import storage
+    from sn5dask import files as storage
 
     target = tmp_path / "out.tif"
 

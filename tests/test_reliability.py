@@ -186,14 +186,15 @@ def test_bad_input_outputs_are_right(bad_inputs) -> None:
 
 def test_unreadable_files_simulated_permission_error(good_chip, tmp_path, monkeypatch) -> None:
     """Tests run as root, so a chmod would not stop a read: raise EACCES where the OS would."""
-    from sn5dask import storage
+    from sn5dask import files as storage
     from sn5dask.catalog import ChipRecord
     from sn5dask.chiptask import ChipJob, process_chip
+    from sn5dask.layout import AoiLayout
     from sn5dask.stretch import band_cut
 
     image, label = good_chip
     config = load_config(None, root=str(image.parent), out=str(tmp_path), formats="geotiff")
-    job = ChipJob(config, str(tmp_path / AOI), tuple(band_cut(100, 900) for _ in range(3)), None)
+    job = ChipJob(config, AoiLayout(str(tmp_path), AOI), tuple(band_cut(100, 900) for _ in range(3)))
     chip = ChipRecord(AOI, "chip0", str(image), str(label), "out.tif")
     real_open = rasterio.open
 
@@ -242,7 +243,7 @@ def test_hostile_names_never_write_outside_out(good_chip, client, tmp_path) -> N
 
 
 def test_s3_style_keys_are_sanitised() -> None:
-    from sn5dask import storage
+    from sn5dask import files as storage
     from sn5dask.catalog import aoi_for_image, output_name
 
     assert aoi_for_image("bucket/in/../PS-MS/evil.tif") == "unnamed"
@@ -319,7 +320,7 @@ def test_full_disk_leaves_no_partial_or_truncated_file(client, tmp_path, monkeyp
             assert process.returncode == 1, output
             assert "No space left on device" in " ".join(output.split())
         else:
-            from sn5dask import storage
+            from sn5dask import files as storage
 
             written = {"bytes": 0}
             real_write = storage.os.fsync
@@ -333,10 +334,11 @@ def test_full_disk_leaves_no_partial_or_truncated_file(client, tmp_path, monkeyp
             monkeypatch.setattr(storage.os, "fsync", fsync_until_full)
             from sn5dask.catalog import discover
             from sn5dask.chiptask import ChipJob, process_chip
+            from sn5dask.layout import AoiLayout
             from sn5dask.stretch import band_cut
 
             config = load_config(None, root=str(aoi.root), out=str(out), formats="geotiff")
-            job = ChipJob(config, str(out / "AOI_99_Synthetic"), tuple(band_cut(100, 900) for _ in range(3)), None)
+            job = ChipJob(config, AoiLayout(str(out), "AOI_99_Synthetic"), tuple(band_cut(100, 900) for _ in range(3)))
             results = [process_chip(chip, job) for chip in discover(str(aoi.root))[0].chips]
             failed = [r for r in results if r.status == "failed"]
             assert failed and all("No space left on device" in r.reason for r in failed)

@@ -49,7 +49,7 @@ def test_s3_in_s3_out_equals_local(small_aoi, s3_env, tmp_path, monkeypatch) -> 
     import fsspec
     import xarray as xr
 
-    from sn5dask.storage import storage_options
+    from sn5dask.files import storage_options
 
     fs = fsspec.filesystem("s3", **storage_options("s3://x"))
     manifest_text = fs.cat_file("spacenet/out/AOI_99_Synthetic/manifest.json").decode()

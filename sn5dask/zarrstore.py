@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from sn5dask.masks import MASK_KINDS
+from sn5dask.config import MASK_KINDS
 from sn5dask.raster import ChipHeader
 from sn5dask.speed import N_SPEED_CHANNELS
 
@@ -35,7 +35,7 @@ DATA_CODECS = (ZstdCodec(level=1),)
 
 
 def _open(url: str, mode: str) -> zarr.Group:
-    from sn5dask.storage import storage_options
+    from sn5dask.files import storage_options
 
     options = storage_options(url)
     if url.startswith("s3://"):
@@ -126,6 +126,12 @@ def _coordinate(
             attributes=attributes or {},
         )
     array[...] = values
+
+
+def chunk_key(name: str, index: int, ndim: int) -> tuple[str, ...]:
+    """Path parts of the one chunk of chip `index` in array `name` (Zarr v3 default
+    chunk key encoding; every non-chip dimension is a single chunk)."""
+    return (name, "c", str(index), *("0",) * (ndim - 1))
 
 
 def store_chip_ids(url: str) -> list[str] | None:

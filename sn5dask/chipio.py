@@ -1,0 +1,180 @@
+"""The typed seams between chip work and storage: `ChipReader` and `OutputWriter`.
+
+The scan and chip tasks and the run loop read and write only through these two
+protocols. `RasterioReader` and `FileWriter` are the real implementations (GDAL through
+rasterio, fsspec for files and S3, zarr for the store); `sn5dask.testing` has in-memory
+fakes, so the graph and the run loop can be tested and profiled without GDAL or files.
+
+Both must be picklable (they travel to workers inside every task) and thread-safe (a
+worker may run several tasks at once): the real ones hold no state at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from sn5dask import files, raster
+from sn5dask.raster import ChipHeader
+
+
+@runtime_checkable
+class ChipReader(Protocol):
+    """Reads a chip's image and label. Errors: `ImageError` for an image that cannot be
+    read or is unsuitable; `OSError` / `ValueError` (over `max_bytes`) for a label."""
+
+    def read_header(self, path: str, bands: Sequence[int] = ()) -> ChipHeader:
+        """The chip's header, validated for `bands` (1-based); no pixels read."""
+        ...
+
+    def read_bands(
+        self, path: str, bands: Sequence[int], *, all_bands: bool = False
+    ) -> tuple[ChipHeader, np.ndarray]:
+        """Header and (band, y, x) pixels of `bands`, or of every band with `all_bands`."""
+        ...
+
+    def read_label(self, url: str, max_bytes: int | None = None) -> bytes:
+        """The label file's bytes (`ValueError` naming the size when over `max_bytes`)."""
+        ...
+
+
+@runtime_checkable
+class OutputWriter(Protocol):
+    """Writes a run's outputs. Every write is atomic: a final name only ever holds complete
+    content. URLs come from `layout.AoiLayout`."""
+
+    def write_geotiff(
+        self,
+        url: str,
+        array: np.ndarray,
+        header: ChipHeader,
+        *,
+        compress: str,
+        is_mask: bool = False,
+        nodata: float | None = None,
+        photometric: str | None = None,
+    ) -> None:
+        """A (band, y, x) or (y, x) uint8 array on the chip's grid, as a tiled GeoTIFF."""
+        ...
+
+    def create_zarr(
+        self,
+        url: str,
+        *,
+        chip_ids: Sequence[str],
+        headers: Mapping[str, ChipHeader],
+        n_bands: int,
+        mask_kinds: Sequence[str],
+        attrs: Mapping[str, Any],
+    ) -> None:
+        """Create (or replace) the AOI's Zarr store with every array and coordinate."""
+        ...
+
+    def zarr_chip_ids(self, url: str) -> list[str] | None:
+        """The chip ids of an existing store; None when there is none or it is unreadable."""
+        ...
+
+    def write_zarr_region(
+        self, url: str, index: int, rgb: np.ndarray | None, masks: Mapping[str, np.ndarray]
+    ) -> None:
+        """One chip's chunks at `index` (arrays not given are written as zeros)."""
+        ...
+
+    def write_bytes(self, url: str, data: bytes) -> None:
+        """A small file (JSON, a log)."""
+        ...
+
+    def read_bytes(self, url: str) -> bytes:
+        """A small file written before (`FileNotFoundError` when there is none)."""
+        ...
+
+    def exists(self, url: str) -> bool: ...
+
+
+class RasterioReader:
+    """Images through rasterio/GDAL (`raster.gdal_env` around every open), labels through
+    fsspec. Stateless."""
+
+    def read_header(self, path: str, bands: Sequence[int] = ()) -> ChipHeader:
+        return raster.read_header(path, bands)
+
+    def read_bands(
+        self, path: str, bands: Sequence[int], *, all_bands: bool = False
+    ) -> tuple[ChipHeader, np.ndarray]:
+        return raster.read_chip(path, bands, all_bands=all_bands)
+
+    def read_label(self, url: str, max_bytes: int | None = None) -> bytes:
+        return files.read_bytes(url, max_bytes=max_bytes)
+
+
+class FileWriter:
+    """GeoTIFFs through rasterio, the Zarr store through zarr, small files through fsspec
+    (local or S3). Stateless; zarr is imported only by runs that write the store."""
+
+    def write_geotiff(
+        self,
+        url: str,
+        array: np.ndarray,
+        header: ChipHeader,
+        *,
+        compress: str,
+        is_mask: bool = False,
+        nodata: float | None = None,
+        photometric: str | None = None,
+    ) -> None:
+        raster.write_geotiff(
+            url, array, header, compress=compress, is_mask=is_mask, nodata=nodata,
+            photometric=photometric,
+        )  # fmt: skip
+
+    def create_zarr(
+        self,
+        url: str,
+        *,
+        chip_ids: Sequence[str],
+        headers: Mapping[str, ChipHeader],
+        n_bands: int,
+        mask_kinds: Sequence[str],
+        attrs: Mapping[str, Any],
+    ) -> None:
+        from sn5dask import zarrstore
+
+        zarrstore.create_store(
+            url, chip_ids=chip_ids, headers=headers, n_bands=n_bands, mask_kinds=mask_kinds,
+            attrs=attrs,
+        )  # fmt: skip
+
+    def zarr_chip_ids(self, url: str) -> list[str] | None:
+        from sn5dask import zarrstore
+
+        return zarrstore.store_chip_ids(url)
+
+    def write_zarr_region(
+        self, url: str, index: int, rgb: np.ndarray | None, masks: Mapping[str, np.ndarray]
+    ) -> None:
+        from sn5dask import zarrstore
+
+        zarrstore.write_chip(url, index, rgb, masks)
+
+    def write_bytes(self, url: str, data: bytes) -> None:
+        files.write_bytes_atomic(url, data)
+
+    def read_bytes(self, url: str) -> bytes:
+        return files.read_bytes(url)
+
+    def exists(self, url: str) -> bool:
+        return files.exists(url)
+
+
+def write_json(writer: OutputWriter, url: str, document: Any) -> None:
+    """A JSON document through `writer` (indented, for people as well as programs)."""
+    writer.write_bytes(url, (json.dumps(document, indent=1) + "\n").encode())
+
+
+def read_json(writer: OutputWriter, url: str) -> Any:
+    """A JSON document written through `writer`; `FileNotFoundError` when missing,
+    `ValueError` when it does not decode."""
+    return json.loads(writer.read_bytes(url))

@@ -1,0 +1,81 @@
+"""The dask graphs of a run, built without computing anything (no I/O, no client).
+
+Shapes, and why:
+- **Scan**: one `scan_chip` task per chip, summed by a tree of `combine_scans` (fan-in
+  8), then `finalize_scan`. Submitted as one graph, dask's ordering combines histograms
+  as soon as they exist, so memory stays flat: no task ever holds more than 8 partial
+  sums, and only the finalized `AoiStats` (percentiles and per-chip headers) reaches the
+  client; histograms stay on the workers.
+- **Chips**: one independent `process_chip` task per chip, keyed by AOI and chip id, so
+  each can finish, fail or be retried alone and the manifest grows as they finish. Only
+  a small `ChipResult` comes back: the client never holds pixels.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import dask
+from dask.delayed import Delayed
+
+from sn5dask.aoistats import combine_scans, finalize_scan, scan_chip
+from sn5dask.catalog import ChipRecord
+from sn5dask.chipio import ChipReader, RasterioReader
+from sn5dask.chiptask import ChipJob, process_chip
+
+TREE_FAN_IN = 8
+
+
+def scan_tree(
+    chips: Sequence[ChipRecord],
+    bands: Sequence[int],
+    *,
+    with_histogram: bool,
+    use_nodata: bool = True,
+    reader: ChipReader | None = None,
+) -> Delayed:
+    """Delayed `AoiScan` of all chips: `scan_chip` per chip summed by a tree of
+    `combine_scans`. `with_histogram=False` reads headers only (no pixels)."""
+    reader = reader or RasterioReader()
+    scan = dask.delayed(scan_chip, pure=False)
+    combine = dask.delayed(combine_scans, pure=False)
+    level = [scan(chip, tuple(bands), with_histogram, use_nodata, reader) for chip in chips]
+    if not level:
+        return combine()
+    while len(level) > 1:
+        level = [combine(*level[i : i + TREE_FAN_IN]) for i in range(0, len(level), TREE_FAN_IN)]
+    return level[0]
+
+
+def scan_graph(
+    chips: Sequence[ChipRecord],
+    bands: Sequence[int],
+    percentiles: Sequence[float],
+    *,
+    with_histogram: bool,
+    use_nodata: bool = True,
+    reader: ChipReader | None = None,
+) -> Delayed:
+    """The scan pass as one delayed object that computes to `AoiStats` (the tree, then
+    `finalize_scan` on a worker)."""
+    tree = scan_tree(
+        chips, bands, with_histogram=with_histogram, use_nodata=use_nodata, reader=reader
+    )
+    return dask.delayed(finalize_scan, pure=False)(
+        tree, tuple(bands), tuple(percentiles), with_histogram
+    )
+
+
+def chip_tasks(chips: Sequence[tuple[ChipRecord, int]], job: ChipJob) -> list[Delayed]:
+    """One delayed `process_chip` per (chip, index in the AOI), in the given order.
+
+    Keys name the chip (`process_chip-<AOI>-<chip id>-<token>`), so dask's dashboard shows
+    which chip a task is; the token keeps two runs on one cluster apart.
+    """
+    task = dask.delayed(process_chip, pure=False)
+    token = uuid.uuid4().hex[:12]
+    return [
+        task(chip, job, index, dask_key_name=f"process_chip-{chip.aoi}-{chip.chip_id}-{token}")
+        for chip, index in chips
+    ]

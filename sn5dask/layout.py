@@ -1,0 +1,150 @@
+"""Where every output lives: the one owner of paths under `OUT/<AOI>/` (DESIGN.md §5).
+
+```
+OUT/<AOI>/PS-RGB/<name>.tif          the 8-bit RGB of a chip
+OUT/<AOI>/masks/<kind>/<name>.tif    one folder per mask kind, same file name
+OUT/<AOI>/<AOI>.zarr                 the Zarr store; a chip's place in it is "<AOI>.zarr#<i>"
+OUT/<AOI>/stats.json                 percentiles, counts, params, versions
+OUT/<AOI>/manifest.json              the resume record
+OUT/<AOI>/.sn5dask.lock              held while a run writes here
+OUT/<AOI>/logs/<chip_id>.log         the traceback of a chip's unexpected error
+```
+
+Every output folder uses the same file name per chip (`output_name`: the input name with
+`PS-MS` -> `PS-RGB`, sanitised), so trainers pair images and masks by name. Manifest
+entries hold paths relative to the AOI folder; `AoiLayout.url` turns them back into URLs
+and refuses any that would leave it. No other module builds or parses an output path.
+Pure string work: no file is touched here.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+
+from sn5dask import files
+
+RGB_FOLDER = "PS-RGB"
+MASKS_FOLDER = "masks"
+LOGS_FOLDER = "logs"
+STATS_NAME = "stats.json"
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".sn5dask.lock"
+ZARR_SUFFIX = ".zarr"
+#: The manifest's `outputs` key of a chip's Zarr region.
+ZARR_OUTPUT = "zarr"
+RGB_OUTPUT = "rgb"
+
+_UNSAFE_CHARS_RE = re.compile(r"[^A-Za-z0-9_-]+")
+_ZARR_REF_RE = re.compile(r"^(?P<store>[A-Za-z0-9_-]+\.zarr)#(?P<index>\d+)$")
+
+
+def sanitise(text: str) -> str:
+    """Letters, digits, `_` and `-` only; never empty, never a path."""
+    cleaned = _UNSAFE_CHARS_RE.sub("_", text).strip("_-")
+    return cleaned or "unnamed"
+
+
+def file_stem(file_name: str) -> str:
+    """A file name without its folder and its raster/label suffix."""
+    name = posixpath.basename(file_name)
+    for suffix in (".geojson", ".json", ".tiff", ".tif", ".TIFF", ".TIF"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def output_name(image_name: str) -> str:
+    """Output file name for every output folder: `PS-MS` -> `PS-RGB`, sanitised, `.tif`."""
+    stem = file_stem(image_name).replace("PS-MS", RGB_FOLDER)
+    return f"{sanitise(stem)}.tif"
+
+
+@dataclass(frozen=True)
+class ZarrRef:
+    """A chip's place in the AOI's Zarr store, written in the manifest as `"<store>#<i>"`."""
+
+    store: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.store}#{self.index}"
+
+    @classmethod
+    def parse(cls, text: str) -> ZarrRef:
+        """Raises `ValueError` for anything but `<name>.zarr#<non-negative integer>`."""
+        match = _ZARR_REF_RE.match(text) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(f"{text!r} is not a Zarr reference of the form <name>.zarr#<index>")
+        return cls(match.group("store"), int(match.group("index")))
+
+
+@dataclass(frozen=True)
+class AoiLayout:
+    """The output folder of one AOI. Small and picklable (sent to workers in `ChipJob`)."""
+
+    out: str
+    aoi: str
+
+    @property
+    def folder(self) -> str:
+        return files.join(self.out, self.aoi)
+
+    def url(self, relpath: str) -> str:
+        """URL of a path relative to the AOI folder; `ValueError` if it would leave it."""
+        if not isinstance(relpath, str) or not relpath:
+            raise ValueError(f"{relpath!r} is not a relative output path")
+        return files.join(self.folder, relpath)
+
+    # -- per-chip outputs (relative paths, as the manifest records them) ---------------
+    @staticmethod
+    def rgb_relpath(name: str) -> str:
+        return f"{RGB_FOLDER}/{name}"
+
+    @staticmethod
+    def mask_relpath(kind: str, name: str) -> str:
+        return f"{MASKS_FOLDER}/{kind}/{name}"
+
+    @property
+    def zarr_relpath(self) -> str:
+        return f"{self.aoi}{ZARR_SUFFIX}"
+
+    def zarr_ref(self, index: int) -> ZarrRef:
+        return ZarrRef(self.zarr_relpath, index)
+
+    # -- per-AOI files -----------------------------------------------------------------
+    @property
+    def zarr_url(self) -> str:
+        return self.url(self.zarr_relpath)
+
+    @property
+    def stats_url(self) -> str:
+        return self.url(STATS_NAME)
+
+    @property
+    def manifest_url(self) -> str:
+        return self.url(MANIFEST_NAME)
+
+    @property
+    def lock_url(self) -> str:
+        return self.url(LOCK_NAME)
+
+    def chip_log_url(self, chip_id: str) -> str:
+        return self.url(f"{LOGS_FOLDER}/{sanitise(chip_id)}.log")
+
+
+def layouts_under(out: str) -> list[AoiLayout]:
+    """The layout of every AOI output folder (one holding a manifest) under `out`, or of
+    `out` itself when it is one."""
+    fs, base = files.filesystem(out)
+    base = base.rstrip("/")
+    found = sorted(
+        set(fs.glob(f"{base}/*/{MANIFEST_NAME}")) | set(fs.glob(f"{base}/{MANIFEST_NAME}"))
+    )
+    layouts = []
+    for path in found:
+        folder = posixpath.dirname(path)
+        parent = files.full_url(fs, posixpath.dirname(folder) or "/")
+        layouts.append(AoiLayout(parent, posixpath.basename(folder)))
+    return layouts

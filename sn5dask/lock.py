@@ -1,0 +1,105 @@
+"""The run lock `OUT/<AOI>/.sn5dask.lock` (its path is `layout.AoiLayout.lock`).
+
+Local: created with `O_CREAT | O_EXCL`, so two runs can never both hold it; a lock left by
+a dead process on this host is taken over. S3 has no exclusive create here, so the lock is
+advisory there: it is checked, then written (a race between two starts can slip by).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
+
+from sn5dask.errors import LockError
+from sn5dask.files import filesystem, read_bytes
+
+
+class RunLock:
+    """The lock file at `url`, holding this process's host and pid while held."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.holder = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._held = False
+
+    def acquire(self) -> None:
+        fs, path = filesystem(self.url)
+        payload = json.dumps(self.holder).encode()
+        if isinstance(fs, LocalFileSystem):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            for _ in range(2):
+                try:
+                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    if not self._take_over_stale(path):
+                        raise LockError(self._held_message(path)) from None
+                    continue
+                with os.fdopen(fd, "wb") as f:
+                    f.write(payload)
+                self._held = True
+                return
+            raise LockError(self._held_message(path))
+        if fs.exists(path):
+            raise LockError(self._held_message(path))
+        fs.pipe_file(path, payload)
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        fs, path = filesystem(self.url)
+        try:
+            fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        self._held = False
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _held_message(self, path: str) -> str:
+        holder = _read_holder(self.url)
+        who = f"host {holder.get('host')} pid {holder.get('pid')}" if holder else "unknown"
+        return (
+            f"{self.url}: another sn5dask run holds this output ({who}); wait for it to "
+            f"finish, or delete the lock file if that run is gone"
+        )
+
+    def _take_over_stale(self, path: str) -> bool:
+        holder = _read_holder(self.url)
+        if not holder or holder.get("host") != socket.gethostname():
+            return False
+        pid = holder.get("pid")
+        if not isinstance(pid, int) or _pid_alive(pid):
+            return False
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        return True
+
+
+def _read_holder(url: str) -> dict[str, Any]:
+    try:
+        holder = json.loads(read_bytes(url))
+        return holder if isinstance(holder, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
