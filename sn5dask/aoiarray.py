@@ -116,13 +116,19 @@ def _read_padded(
 def chip_dataarray(data: xr.DataArray | xr.Dataset, chip_id: str, var: str | None = None) -> xr.DataArray:
     """One chip of a chip-stacked AOI (`open_aoi`, or the Zarr store with `var`) as an
     ordinary georeferenced DataArray: unpadded, with 1-D pixel-centre `x`/`y`, so that
-    `.rio.crs`, `.rio.transform()`, `.rio.bounds()` and `.rio.to_raster()` are the chip's.
-    Lazy when `data` is."""
+    `.rio.crs`, `.rio.transform()`, `.rio.bounds()` and odc-geo's `.odc.geobox` are the
+    chip's. Lazy when `data` is.
+
+    The exact transform is stored with the CRS (`spatial_ref`'s GeoTransform). Write the
+    chip back with `.rio.to_raster(path, recalc_transform=False)` for a file georef-identical
+    to the chip's GeoTIFF: by default rioxarray recomputes the transform from the float
+    pixel-centre coordinates, which changes its last bits (as it does for a file opened
+    with `rioxarray.open_rasterio`)."""
     import rioxarray  # noqa: F401  (registers the .rio accessor)
 
     if isinstance(data, xr.Dataset):
         if var is None:
-            raise ValueError(f"name the variable: var= one of {sorted(data.data_vars)}")
+            raise ValueError(f"name the variable: var= one of {sorted(map(str, data.data_vars))}")
         array = data[var]
         crs_list = list(data.attrs.get("crs_wkt", []))
     else:

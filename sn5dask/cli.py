@@ -10,15 +10,27 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from sn5dask.errors import ConfigError, LockError, ParamsChangedError, Sn5daskError
+
+if TYPE_CHECKING:  # the CLI imports the pipeline only when a command runs it
+    from sn5dask.chiptask import ChipResult
+    from sn5dask.config import RunConfig
+    from sn5dask.pipeline import AoiSummary, RunSummary
 
 app = typer.Typer(
     add_completion=False,
@@ -43,7 +55,7 @@ class RichReporter:
             console=err_console,
             transient=False,
         )
-        self.tasks: dict[str, int] = {}
+        self.tasks: dict[str, TaskID] = {}
 
     def cluster(self, dashboard_link: str | None) -> None:
         err_console.print(f"dask dashboard: [link={dashboard_link}]{dashboard_link}[/link]")
@@ -53,12 +65,12 @@ class RichReporter:
             self.progress.start()
         self.tasks[aoi] = self.progress.add_task(aoi, total=total, completed=already_done, failed=0)
 
-    def chip_finished(self, aoi: str, result) -> None:  # noqa: ANN001 - ChipResult
+    def chip_finished(self, aoi: str, result: ChipResult) -> None:
         task = self.tasks[aoi]
         failed = self.progress.tasks[task].fields["failed"] + (result.status == "failed")
         self.progress.update(task, advance=1, failed=failed)
 
-    def aoi_finished(self, summary) -> None:  # noqa: ANN001 - AoiSummary
+    def aoi_finished(self, summary: AoiSummary) -> None:
         task = self.tasks.get(summary.aoi)
         if task is not None:
             self.progress.update(task, completed=sum(summary.counts.values()))
@@ -129,7 +141,7 @@ def run(
     raise typer.Exit(_run_and_report(cfg))
 
 
-def _run_and_report(cfg) -> int:  # noqa: ANN001 - RunConfig
+def _run_and_report(cfg: RunConfig) -> int:
     from sn5dask.pipeline import run as run_pipeline
 
     reporter = RichReporter()
@@ -151,7 +163,7 @@ def _run_and_report(cfg) -> int:  # noqa: ANN001 - RunConfig
     return summary.exit_code
 
 
-def _print_summary(summary, seconds: float) -> None:  # noqa: ANN001 - RunSummary
+def _print_summary(summary: RunSummary, seconds: float) -> None:
     table = Table(title=f"sn5dask run ({seconds:.1f} s)")
     table.add_column("AOI", overflow="fold")
     for column in ("ok", "skipped", "failed", "seconds", "chips/s"):

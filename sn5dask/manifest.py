@@ -79,7 +79,7 @@ class Manifest(BaseModel):
     chips: dict[str, ChipEntry] = Field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATUSES, 0)
+        counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
         for entry in self.chips.values():
             counts[entry.status] += 1
         return counts

@@ -79,15 +79,54 @@ def make_synthetic_aoi(
     label_dir = root / aoi / "geojson_roads_speed"
     image_dir.mkdir(parents=True, exist_ok=True)
     label_dir.mkdir(parents=True, exist_ok=True)
+    images: list[Path] = []
+    labels: list[Path] = []
+    for chip in synthetic_chips(
+        aoi=aoi, n_chips=n_chips, size=size, seed=seed, crs=crs,
+        roads_per_chip=roads_per_chip, with_edge_cases=with_edge_cases,
+    ):  # fmt: skip
+        image_path = image_dir / chip.image_name
+        _write_image(image_path, chip.image, chip.transform, chip.crs, compress)
+        images.append(image_path)
+        if chip.label is not None:
+            label_path = label_dir / chip.label_name
+            label_path.write_text(json.dumps(chip.label, indent=1))
+            labels.append(label_path)
+    return SyntheticAoi(root=root, aoi=aoi, images=images, labels=labels)
+
+
+@dataclass(frozen=True)
+class SyntheticChip:
+    """One synthetic chip in memory: 8-band uint16 pixels, grid, and label document (None
+    for the test-set-like chip without a label file)."""
+
+    index: int
+    image_name: str
+    label_name: str
+    image: np.ndarray
+    transform: Affine
+    crs: CRS
+    label: dict | None
+
+
+def synthetic_chips(
+    *,
+    aoi: str = SYNTHETIC_AOI,
+    n_chips: int = 6,
+    size: int = 1300,
+    seed: int = 0,
+    crs: str = "EPSG:4326",
+    roads_per_chip: tuple[int, int] | None = None,
+    with_edge_cases: bool = True,
+) -> list[SyntheticChip]:
+    """The chips `make_synthetic_aoi` writes, in memory (same arguments, same pixels)."""
     raster_crs, origin_xy, pixel_xy = _aoi_grid(crs)
     to_lonlat = Transformer.from_crs(raster_crs, CRS.from_epsg(4326), always_xy=True)
     columns = max(1, math.ceil(math.sqrt(n_chips)))
     if roads_per_chip is None:
         scale = size / 1300
         roads_per_chip = (max(2, round(25 * scale)), max(4, round(60 * scale)))
-
-    images: list[Path] = []
-    labels: list[Path] = []
+    chips = []
     for index in range(n_chips):
         rng = np.random.default_rng([seed, index])
         row, column = divmod(index, columns)
@@ -99,18 +138,23 @@ def make_synthetic_aoi(
         image = _synthetic_image(rng, size, roads_px)
         if with_edge_cases:
             _apply_zero_margin(image, index)
-        image_path = image_dir / f"SN5_roads_train_{aoi}_PS-MS_chip{index}.tif"
-        _write_image(image_path, image, transform, raster_crs, compress)
-        images.append(image_path)
-
-        if with_edge_cases and n_chips >= 3 and index == n_chips - 1:
-            continue  # a test-set-like chip: no label file
-        empty = with_edge_cases and n_chips >= 3 and index == n_chips - 2
-        features = [] if empty else _road_features(rng, roads_px, transform, to_lonlat)
-        label_path = label_dir / f"SN5_roads_train_{aoi}_geojson_roads_speed_chip{index}.geojson"
-        label_path.write_text(json.dumps(_feature_collection(features), indent=1))
-        labels.append(label_path)
-    return SyntheticAoi(root=root, aoi=aoi, images=images, labels=labels)
+        label: dict | None = None
+        if not (with_edge_cases and n_chips >= 3 and index == n_chips - 1):
+            empty = with_edge_cases and n_chips >= 3 and index == n_chips - 2
+            features = [] if empty else _road_features(rng, roads_px, transform, to_lonlat)
+            label = _feature_collection(features)
+        chips.append(
+            SyntheticChip(
+                index=index,
+                image_name=f"SN5_roads_train_{aoi}_PS-MS_chip{index}.tif",
+                label_name=f"SN5_roads_train_{aoi}_geojson_roads_speed_chip{index}.geojson",
+                image=image,
+                transform=transform,
+                crs=raster_crs,
+                label=label,
+            )
+        )
+    return chips
 
 
 def _aoi_grid(crs: str) -> tuple[CRS, tuple[float, float], tuple[float, float]]:
@@ -221,7 +265,7 @@ def _road_features(
 ) -> list[dict]:
     features = []
     for road_id, points in enumerate(roads_px):
-        x, y = transform @ (points[:, 0], points[:, 1])
+        x, y = transform @ (points[:, 0], points[:, 1])  # type: ignore[operator]  # affine maps arrays
         lon, lat = to_lonlat.transform(x, y)
         mph = float(SPEEDS_MPH[int(rng.integers(0, len(SPEEDS_MPH)))])
         features.append(

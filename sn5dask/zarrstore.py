@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -34,7 +34,7 @@ COORDINATES = "chip_id transform crs height width"
 DATA_CODECS = (ZstdCodec(level=1),)
 
 
-def _open(url: str, mode: str) -> zarr.Group:
+def _open(url: str, mode: Literal["r", "r+", "w"]) -> zarr.Group:
     from sn5dask.files import storage_options
 
     options = storage_options(url)
@@ -137,8 +137,9 @@ def chunk_key(name: str, index: int, ndim: int) -> tuple[str, ...]:
 def store_chip_ids(url: str) -> list[str] | None:
     """The chip ids of an existing store, or None when there is none (or it is unreadable)."""
     try:
-        group = _open(url, "r")
-        return [str(v) for v in group["chip_id"][...]]
+        array = _open(url, "r")["chip_id"]
+        assert isinstance(array, zarr.Array)
+        return [str(v) for v in np.asarray(array[...])]
     except Exception:  # a missing or half-created store is simply "no store"
         return None
 

@@ -62,3 +62,26 @@ def test_uint8_rgba_chip_with_256_bin_histograms(client, tmp_path) -> None:
     with rasterio.open(tmp_path / "out" / "AOI_2_Vegas" / "PS-RGB" / APLS_CHIP.name) as out:
         assert out.dtypes[0] == "uint8" and out.count == 3
         assert np.array_equal(out.read(), stretch_to_uint8(rgb_in, cuts))
+
+
+def test_open_aoi_chips_are_georeferenced_for_rioxarray(small_aoi, tmp_path) -> None:
+    """Each chip selected from the lazy AOI is the chip: CRS, transform, bounds, and a
+    `.rio.to_raster(recalc_transform=False)` that writes the source's pixels on the source's
+    grid (rioxarray's default recomputes the transform from float coordinates, which
+    changes its last bits, as for rioxarray.open_rasterio's own arrays)."""
+    import rioxarray  # noqa: F401
+
+    aoi = sn5dask.open_aoi(str(small_aoi.root), "AOI_99_Synthetic")
+    for i in (0, 4):
+        chip = sn5dask.chip_dataarray(aoi, f"chip{i}")
+        with rasterio.open(small_aoi.images[i]) as src:
+            assert chip.rio.crs == src.crs
+            assert chip.rio.transform() == src.transform
+            assert chip.rio.bounds() == tuple(src.bounds)
+            assert chip.dims == ("band", "y", "x") and chip.shape == (8, src.height, src.width)
+            source = src.read()
+        target = tmp_path / f"chip{i}.tif"
+        chip.rio.to_raster(target, recalc_transform=False)
+        with rasterio.open(target) as written:
+            assert np.array_equal(written.read(), source)
+            assert written.transform == src.transform and written.crs == src.crs

@@ -163,3 +163,35 @@ def test_a_killed_local_worker_is_forked_again_from_the_server() -> None:
         assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=60) == 6
     assert again["ppid"] == first["ppid"]  # the nanny forked the new worker from the server
     assert again["chiptask"]
+
+
+@pytest.mark.slow
+def test_starting_local_workers_leaves_the_callers_environment_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A notebook that calls sn5dask.run() keeps its own OMP_NUM_THREADS (and gains no
+    variable it did not have), while the workers still get one thread each."""
+    import os
+
+    from sn5dask.cluster import get_client
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    before = dict(os.environ)
+    with get_client(workers=1) as client:
+        during = dict(os.environ)
+        seen = client.run(_environ_value, "MKL_NUM_THREADS")
+        seen_omp = client.run(_environ_value, "OMP_NUM_THREADS")
+    assert dict(os.environ) == before and during == before
+    assert list(seen.values()) == ["1"] and list(seen_omp.values()) == ["4"]
+
+
+def test_importing_the_config_imports_no_gdal_geos_or_proj() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, sn5dask.config, sn5dask.profiles, sn5dask.layout; "
+            "print(sorted(m for m in ('rasterio', 'shapely', 'pyproj', 'osgeo', 'odc.geo', 'zarr') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

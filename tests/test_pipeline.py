@@ -204,3 +204,61 @@ def test_chips_of_different_sizes_are_padded_in_zarr(client, tmp_path) -> None:
     assert ds.sizes["y"] == 80 and list(ds.height.values) == [80, 80, 50]
     rgb = read(tmp_path / "out" / AOI / "PS-RGB" / f"SN5_roads_train_{AOI}_PS-RGB_chip7.tif")[0]
     assert np.array_equal(ds.rgb[2, :, :50, :50].values, rgb) and not ds.rgb[2, :, 50:, :].values.any()
+
+
+# --- the run loop in-process, on fakes (sn5dask.testing) ---------------------------------
+
+@pytest.fixture(scope="module")
+def inprocess_client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as c:
+        yield c
+
+
+def test_run_loop_in_process_with_fakes(inprocess_client, tmp_path) -> None:
+    from sn5dask.chipio import read_json
+    from sn5dask.layout import AoiLayout
+    from sn5dask.pipeline import LogReporter, run_aoi
+    from sn5dask.testing import MemoryWriter, fake_aoi
+
+    fake = fake_aoi(aoi="AOI_98_Fake", n_chips=5, size=48, seed=2)
+    bad = fake.catalog.chips[1]
+    fake.reader.failures[bad.label] = RuntimeError("decoder bug")  # read by the chip task only
+    writer = MemoryWriter()
+    cfg = config("mem://", tmp_path)
+    layout = AoiLayout(str(tmp_path), "AOI_98_Fake")
+    try:
+        summary = run_aoi(inprocess_client, cfg, fake.catalog, LogReporter(), reader=fake.reader, writer=writer)
+        assert summary.counts == {"ok": 4, "skipped": 0, "failed": 1} and summary.processed == 5
+        manifest = read_json(writer, layout.manifest_url)
+        assert list(manifest["chips"]) == [f"chip{i}" for i in range(5)]
+        assert manifest["chips"]["chip1"]["reason"].startswith(f"{bad.image}: unexpected error RuntimeError")
+        stats = read_json(writer, layout.stats_url)
+        values = np.concatenate([fake.reader.images[c.image][1][4].ravel() for c in fake.catalog.chips])
+        assert stats["values"]["5"] == list(np.percentile(values[values > 0], [2, 98]))
+        store = writer.files[layout.zarr_url]
+        assert store["chip_ids"] == [f"chip{i}" for i in range(5)] and sorted(store["regions"]) == [0, 2, 3, 4]  # chip1 failed before its write
+        cuts = [band_cut(*stats["values"][str(b)]) for b in (5, 3, 2)]
+        for i in (0, 2, 3, 4):
+            chip = fake.catalog.chips[i]
+            rgb = writer.files[layout.url(manifest["chips"][chip.chip_id]["outputs"]["rgb"])].array
+            assert np.array_equal(rgb, stretch_to_uint8(fake.reader.images[chip.image][1][[4, 2, 1]], cuts))
+            assert manifest["chips"][chip.chip_id]["outputs"]["zarr"] == f"AOI_98_Fake.zarr#{i}"
+
+        # Resume: the scan reads every chip again, only the failed chip is redone.
+        del fake.reader.failures[bad.label]
+        reads_before = fake.reader.pixel_reads()
+        again = run_aoi(inprocess_client, cfg, fake.catalog, LogReporter(), reader=fake.reader, writer=writer)
+        assert again.counts == {"ok": 5, "skipped": 0, "failed": 0} and again.processed == 1
+        reads = fake.reader.pixel_reads() - reads_before
+        assert reads[bad.image] == 2 and all(reads[c.image] == 1 for c in fake.catalog.chips if c is not bad)
+
+        # Other parameters over the same outputs stop, naming the change.
+        with pytest.raises(ParamsChangedError, match=r"bands: \[5, 3, 2\] -> \[7, 5, 3\]"):
+            run_aoi(inprocess_client, config("mem://", tmp_path, bands="7,5,3"), fake.catalog,
+                    LogReporter(), reader=fake.reader, writer=writer)
+        assert not (tmp_path / "AOI_98_Fake" / ".sn5dask.lock").exists()
+    finally:
+        writer.clear()

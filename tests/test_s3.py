@@ -91,3 +91,27 @@ def test_s3_stats_cli(small_aoi, s3_env) -> None:
     chips = [rasterio.open(p).read(5).ravel() for p in small_aoi.images]
     valid = np.concatenate(chips)
     assert values["5"] == list(np.percentile(valid[valid > 0], [2, 98]))
+
+
+def test_open_aoi_on_s3_reads_headers_on_the_workers_under_the_gdal_env(small_aoi, s3_env, monkeypatch) -> None:
+    """open_aoi over s3:// reads through the same GDAL/S3 settings as the chip tasks: only
+    AWS_ENDPOINT_URL is set, GDAL's own variables are derived (no AWS_S3_ENDPOINT)."""
+    upload(s3_env, small_aoi.root, "openaoi", "in")
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING"):
+        monkeypatch.delenv(key, raising=False)
+    import dask
+
+    import sn5dask
+
+    # Threads in this process (another test's cluster may be dask's default scheduler, and
+    # its workers do not have this environment).
+    with dask.config.set(scheduler="threads"):
+        aoi = sn5dask.open_aoi("s3://openaoi/in", AOI, bands=[5, 3, 2])
+        assert aoi.shape == (6, 3, 96, 96) and aoi.attrs["unreadable_chips"] == {}
+        pixels = aoi[2].values
+    with rasterio.open(small_aoi.images[2]) as src:
+        assert np.array_equal(pixels, src.read([5, 3, 2]))
+        chip = sn5dask.chip_dataarray(aoi, "chip2")
+        assert chip.rio.transform() == src.transform and chip.rio.crs == src.crs

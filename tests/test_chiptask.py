@@ -1,0 +1,156 @@
+"""sn5dask.chiptask in-process, through the fakes of sn5dask.testing: every output a chip
+task writes is checked against the pure functions, and every failure path is recorded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sn5dask.chiptask import ChipJob, process_chip
+from sn5dask.config import load_config
+from sn5dask.errors import ImageError
+from sn5dask.labels import parse_road_labels
+from sn5dask.layout import AoiLayout
+from sn5dask.masks import burn_chip_masks
+from sn5dask.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
+from sn5dask.testing import FakeGeoTiff, MemoryWriter, fake_aoi
+
+AOI = "AOI_98_Fake"
+CUTS = tuple(band_cut(300.0, 1500.0) for _ in range(3))
+
+
+@pytest.fixture(scope="module")
+def fake():
+    return fake_aoi(aoi=AOI, n_chips=6, size=64, seed=5)
+
+
+@pytest.fixture
+def writer():
+    memory = MemoryWriter()
+    yield memory
+    memory.clear()
+
+
+def job_for(fake, writer, tmp_path, *, cuts=CUTS, with_zarr=False, **options) -> ChipJob:
+    config = load_config(None, root="mem://", out=str(tmp_path), **options)
+    return ChipJob(config, AoiLayout(str(tmp_path), AOI), cuts, with_zarr, fake.reader, writer)
+
+
+def test_outputs_equal_the_pure_functions(fake, writer, tmp_path) -> None:
+    job = job_for(fake, writer, tmp_path)
+    chip = fake.catalog.chips[0]
+    result = process_chip(chip, job)
+    assert result.status == "ok" and result.reason is None
+    header, pixels = fake.reader.images[chip.image]
+    layout = job.layout
+
+    rgb = writer.files[layout.url(result.outputs["rgb"])]
+    assert isinstance(rgb, FakeGeoTiff) and rgb.header == header
+    assert rgb.options == {"compress": "deflate", "is_mask": False, "nodata": 0, "photometric": "RGB"}
+    assert np.array_equal(rgb.array, stretch_to_uint8(pixels[[4, 2, 1]], list(CUTS), [None] * 3))
+
+    labels = parse_road_labels(fake.reader.labels[chip.label], chip.label)
+    expected = burn_chip_masks(labels, header.grid, image=pixels)
+    assert set(result.outputs) == {"rgb", "binary", "continuous", "binned", "multichannel"}
+    for kind, mask in expected.items():
+        written = writer.files[layout.url(result.outputs[kind])]
+        assert written.options["is_mask"] and written.array.dtype == np.uint8
+        assert np.array_equal(written.array, mask if mask.ndim == 3 else mask[np.newaxis])
+    assert result.outputs["binary"] == f"masks/binary/{chip.output_name}"
+    assert result.zero_fraction == {"5": 0.0, "3": 0.0, "2": 0.0}
+    assert fake.reader.pixel_reads()[chip.image] >= 1
+
+
+def test_zarr_region_is_written_and_recorded(fake, writer, tmp_path) -> None:
+    job = job_for(fake, writer, tmp_path, with_zarr=True, formats="zarr")
+    layout = job.layout
+    headers = {c.chip_id: fake.reader.images[c.image][0] for c in fake.catalog.chips}
+    writer.create_zarr(layout.zarr_url, chip_ids=list(headers), headers=headers, n_bands=3,
+                       mask_kinds=job.config.masks, attrs={})
+    result = process_chip(fake.catalog.chips[2], job, 2)
+    assert result.status == "ok" and result.outputs == {"zarr": f"{AOI}.zarr#2"}
+    rgb, masks = writer.files[layout.zarr_url]["regions"][2]
+    assert rgb.shape == (3, 64, 64) and set(masks) == {"binary", "continuous", "binned", "multichannel"}
+
+
+def test_per_chip_stretch_and_cresi_skip_rule(fake, writer, tmp_path) -> None:
+    job = job_for(fake, writer, tmp_path, cuts=None, profile="cresi")
+    chip = fake.catalog.chips[0]
+    result = process_chip(chip, job)
+    _, pixels = fake.reader.images[chip.image]
+    hist = band_histograms(pixels[[4, 2, 1]])
+    cuts = [band_cut(*percentiles_from_histogram(h, (2, 98))) for h in hist]
+    rgb = writer.files[job.layout.url(result.outputs["rgb"])].array
+    assert np.array_equal(rgb, stretch_to_uint8(pixels[[4, 2, 1]], cuts))
+    assert result.percentiles == {str(b): percentiles_from_histogram(h, (2, 98))
+                                  for b, h in zip((5, 3, 2), hist, strict=True)}
+    # Chip 4 has 22 of 64 columns zero (34.4 %): CRESI's rule writes no RGB, still the masks.
+    skipped = process_chip(fake.catalog.chips[4], job)
+    assert skipped.status == "skipped" and "band 5 is 34.4% zeros" in skipped.reason
+    assert "rgb" not in skipped.outputs and "multichannel" in skipped.outputs
+
+
+def test_chip_without_label_gets_rgb_and_a_warning(fake, writer, tmp_path) -> None:
+    chip = fake.catalog.chips[-1]
+    assert chip.label is None
+    result = process_chip(chip, job_for(fake, writer, tmp_path))
+    assert result.status == "ok" and set(result.outputs) == {"rgb"}
+    assert result.warnings == [f"{chip.image}: no label file: masks not written"]
+
+
+def test_failures_are_recorded_never_raised(fake, writer, tmp_path) -> None:
+    chip = fake.catalog.chips[1]
+    job = job_for(fake, writer, tmp_path)
+    fake.reader.failures[chip.image] = ImageError(chip.image, "cannot be read as a raster (boom)")
+    try:
+        result = process_chip(chip, job)
+        assert result.status == "failed" and result.reason == f"{chip.image}: cannot be read as a raster (boom)"
+        assert result.outputs == {} and not writer.files
+
+        fake.reader.failures[chip.image] = RuntimeError("a bug")
+        result = process_chip(chip, job)
+        log_url = job.layout.chip_log_url(chip.chip_id)
+        assert result.status == "failed"
+        assert result.reason == f"{chip.image}: unexpected error RuntimeError: a bug (traceback in {log_url})"
+        log_text = writer.files[log_url].decode()
+        assert log_text.startswith(chip.image) and "Traceback" in log_text and "RuntimeError: a bug" in log_text
+    finally:
+        del fake.reader.failures[chip.image]
+
+    fake.reader.failures[chip.label] = PermissionError(13, "Permission denied")
+    try:
+        result = process_chip(chip, job)
+        assert result.status == "failed" and result.reason.startswith(f"{chip.label}: cannot be read")
+    finally:
+        del fake.reader.failures[chip.label]
+
+    big = job_for(fake, writer, tmp_path, max_label_mb=1e-6)
+    result = process_chip(chip, big)
+    assert result.status == "failed" and "label file too large" in result.reason
+
+    broken = fake.reader.labels[chip.label]
+    fake.reader.labels[chip.label] = b"{not json"
+    try:
+        result = process_chip(chip, job)
+        assert result.status == "failed" and "not valid GeoJSON" in result.reason
+    finally:
+        fake.reader.labels[chip.label] = broken
+
+
+def test_a_failed_write_fails_the_chip_naming_the_error(fake, tmp_path) -> None:
+    writer = MemoryWriter(failures={".tif": OSError(28, "No space left on device")})
+    try:
+        result = process_chip(fake.catalog.chips[0], job_for(fake, writer, tmp_path))
+        assert result.status == "failed" and "No space left on device" in result.reason
+    finally:
+        writer.clear()
+
+
+def test_manifest_entry_is_the_typed_model(fake, writer, tmp_path) -> None:
+    result = process_chip(fake.catalog.chips[0], job_for(fake, writer, tmp_path))
+    entry = result.manifest_entry()
+    document = entry.as_json()
+    assert json.loads(json.dumps(document)) == document and "percentiles" not in document
+    assert list(document) == ["status", "image", "label", "reason", "warnings", "zero_fraction", "outputs"]

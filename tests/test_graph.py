@@ -1,0 +1,80 @@
+"""sn5dask.graph and the scan tasks it builds, computed in-process on fakes: exact AOI
+percentiles, the tree's shape, per-chip keys, and errors kept per chip."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+
+from sn5dask.chiptask import ChipJob
+from sn5dask.config import load_config
+from sn5dask.errors import ImageError
+from sn5dask.graph import TREE_FAN_IN, chip_tasks, scan_graph, scan_tree
+from sn5dask.layout import AoiLayout
+from sn5dask.testing import MemoryWriter, fake_aoi
+
+AOI = "AOI_98_Fake"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    return fake_aoi(aoi=AOI, n_chips=6, size=48, seed=9)
+
+
+def test_scan_graph_gives_exact_percentiles_and_every_header(fake) -> None:
+    graph = scan_graph(fake.catalog.chips, (5, 3, 2), (2, 98), with_histogram=True, reader=fake.reader)
+    stats = graph.compute(scheduler="sync")
+    for band in (5, 3, 2):
+        values = np.concatenate([fake.reader.images[c.image][1][band - 1].ravel() for c in fake.catalog.chips])
+        values = values[values > 0]
+        assert stats.values[band] == tuple(np.percentile(values, [2, 98]))
+        assert stats.valid_pixels[band] == values.size
+    assert set(stats.headers) == {c.chip_id for c in fake.catalog.chips} and stats.errors == {}
+
+
+def test_a_chip_that_fails_the_scan_is_an_error_not_a_crash(fake) -> None:
+    bad = fake.catalog.chips[3]
+    fake.reader.failures[bad.image] = ImageError(bad.image, "truncated")
+    try:
+        stats = scan_graph(fake.catalog.chips, (5, 3, 2), (2, 98), with_histogram=False,
+                           reader=fake.reader).compute(scheduler="sync")
+    finally:
+        del fake.reader.failures[bad.image]
+    assert stats.errors == {bad.chip_id: f"{bad.image}: truncated"}
+    assert bad.chip_id not in stats.headers and len(stats.headers) == 5
+    assert stats.values is None  # headers only: no pixels read for them
+
+
+@pytest.mark.parametrize("n_chips", [1, 8, 9, 70])
+def test_scan_tree_sums_with_fan_in_8(n_chips) -> None:
+    fake = fake_aoi(aoi=AOI, n_chips=n_chips, size=16, seed=1, with_edge_cases=False)
+    tree = scan_tree(fake.catalog.chips, (1,), with_histogram=True, reader=fake.reader)
+    graph = dict(tree.__dask_graph__())
+    scans = [k for k in graph if str(k).startswith("scan_chip")]
+    combines = [k for k in graph if str(k).startswith("combine_scans")]
+    expected, level = 0, n_chips
+    while level > 1:
+        level = -(-level // TREE_FAN_IN)
+        expected += level
+    assert len(scans) == n_chips and len(combines) == expected
+    scan = tree.compute(scheduler="sync")
+    assert int(scan.histogram.sum()) == sum(
+        int(np.count_nonzero(fake.reader.images[c.image][1][0])) for c in fake.catalog.chips
+    )
+
+
+def test_chip_tasks_are_keyed_by_chip_and_compute_results(fake, tmp_path) -> None:
+    writer = MemoryWriter()
+    config = load_config(None, root="mem://", out=str(tmp_path), formats="geotiff")
+    job = ChipJob(config, AoiLayout(str(tmp_path), AOI), None, False, fake.reader, writer)
+    chips = [(c, i) for i, c in enumerate(fake.catalog.chips)]
+    tasks = chip_tasks(chips, job)
+    assert [t.key.split("-")[1:3] for t in tasks] == [[AOI, c.chip_id] for c, _ in chips]
+    results = dask.compute(*tasks, scheduler="sync")
+    try:
+        assert [r.chip_id for r in results] == [c.chip_id for c, _ in chips]
+        assert all(r.status == "ok" for r in results)
+        assert sum(1 for url in writer.files if "/PS-RGB/" in url) == 6
+    finally:
+        writer.clear()
