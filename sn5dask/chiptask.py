@@ -52,30 +52,28 @@ class ChipJob:
 
 @dataclass
 class ChipResult:
-    """A chip's manifest entry plus timings (seconds per stage) for benchmarks."""
+    """What a chip task returns: the chip's manifest entry plus timings (seconds per stage,
+    for benchmarks)."""
 
     chip_id: str
-    status: ChipStatus
-    reason: str | None = None
-    image: str | None = None
-    label: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    zero_fraction: dict[str, float] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-    percentiles: dict[str, list[float | None]] | None = None
+    entry: ChipEntry
     timings: dict[str, float] = field(default_factory=dict)
 
-    def manifest_entry(self) -> ChipEntry:
-        return ChipEntry(
-            status=self.status,
-            image=self.image,
-            label=self.label,
-            reason=self.reason,
-            warnings=self.warnings,
-            zero_fraction=self.zero_fraction,
-            outputs=self.outputs,
-            percentiles=self.percentiles,
-        )
+    @classmethod
+    def start(cls, chip: ChipRecord) -> ChipResult:
+        return cls(chip.chip_id, ChipEntry(status="ok", image=chip.image, label=chip.label))
+
+    @classmethod
+    def failed(cls, chip: ChipRecord, reason: str) -> ChipResult:
+        return cls(chip.chip_id, ChipEntry(status="failed", image=chip.image, label=chip.label, reason=reason))
+
+    @property
+    def status(self) -> ChipStatus:
+        return self.entry.status
+
+    @property
+    def reason(self) -> str | None:
+        return self.entry.reason
 
 
 def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) -> ChipResult:
@@ -83,7 +81,7 @@ def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) 
 
     `zarr_index` is the chip's position along the store's `chip` dimension.
     """
-    result = ChipResult(chip.chip_id, "ok", image=chip.image, label=chip.label)
+    result = ChipResult.start(chip)
 
     def work() -> bool:
         if chip.problem:
@@ -93,9 +91,9 @@ def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) 
 
     outcome = guard_chip(chip.image, work)
     if outcome.reason is not None:
-        result.status, result.reason = "failed", outcome.reason
+        result.entry.status, result.entry.reason = "failed", outcome.reason
         if outcome.traceback is not None:
-            result.reason += _save_traceback(job, chip, outcome.traceback)
+            result.entry.reason += _save_traceback(job, chip, outcome.traceback)
     return result
 
 
@@ -127,7 +125,7 @@ def _process(
 
     masks: dict[str, np.ndarray] = {}
     if config.masks and chip.label is None:
-        result.warnings.append(f"{chip.image}: no label file: masks not written")
+        result.entry.warnings.append(f"{chip.image}: no label file: masks not written")
     elif with_masks:
         started = time.perf_counter()
         masks = _burn(chip, job, header, image, result)
@@ -147,7 +145,7 @@ def _process(
                 nodata=0,
                 photometric="RGB" if rgb.shape[0] == 3 else None,
             )
-            result.outputs[RGB_OUTPUT] = path
+            result.entry.outputs[RGB_OUTPUT] = path
         timings["write_rgb"] = time.perf_counter() - started
         started = time.perf_counter()
         for kind, mask in masks.items():
@@ -155,12 +153,12 @@ def _process(
             writer.write_geotiff(
                 layout.url(path), mask, header, compress=config.compress, is_mask=True
             )
-            result.outputs[kind] = path
+            result.entry.outputs[kind] = path
         timings["write_masks"] = time.perf_counter() - started
     if job.with_zarr and zarr_index is not None:
         started = time.perf_counter()
         writer.write_zarr_region(layout.zarr_url, zarr_index, rgb, masks)
-        result.outputs[ZARR_OUTPUT] = str(layout.zarr_ref(zarr_index))
+        result.entry.outputs[ZARR_OUTPUT] = str(layout.zarr_ref(zarr_index))
         timings["write_zarr"] = time.perf_counter() - started
 
 
@@ -174,13 +172,13 @@ def _stretch(
     config, rules = job.config, job.config.rules
     nodata = [header.nodata[b - 1] for b in config.bands] if rules.honour_nodata_tag else None
     fractions = zero_fractions(bands)
-    result.zero_fraction = {str(b): round(f, 6) for b, f in zip(config.bands, fractions, strict=True)}
+    result.entry.zero_fraction = {str(b): round(f, 6) for b, f in zip(config.bands, fractions, strict=True)}
     if min(fractions) == 1.0:
-        result.warnings.append(f"{chip.image}: every pixel of bands {list(config.bands)} is 0 (all nodata)")
+        result.entry.warnings.append(f"{chip.image}: every pixel of bands {list(config.bands)} is 0 (all nodata)")
     if rules.skip_zero_fraction is not None and max(fractions) >= rules.skip_zero_fraction:
         worst = max(range(len(fractions)), key=fractions.__getitem__)
-        result.status = "skipped"
-        result.reason = (
+        result.entry.status = "skipped"
+        result.entry.reason = (
             f"{chip.image}: band {config.bands[worst]} is {fractions[worst]:.1%} zeros "
             f"(>= {rules.skip_zero_fraction:.0%}): CRESI's skip rule writes no RGB"
         )
@@ -192,15 +190,15 @@ def _stretch(
         chip_percentiles = [
             percentiles_from_histogram(h, config.percentiles, bands.dtype) for h in hist
         ]
-        result.percentiles = {
+        result.entry.percentiles = {
             str(b): p for b, p in zip(config.bands, chip_percentiles, strict=True)
         }
         cuts = [band_cut(low, high) for low, high in chip_percentiles]
     for band, cut in zip(config.bands, cuts, strict=True):
         if cut.lo is None:
-            result.warnings.append(f"{chip.image}: band {band} has no valid pixel: written as 0")
+            result.entry.warnings.append(f"{chip.image}: band {band} has no valid pixel: written as 0")
         elif cut.is_flat and rules.warn_flat_band:
-            result.warnings.append(
+            result.entry.warnings.append(
                 f"{chip.image}: band {band} percentiles are equal ({cut.lo:g}): "
                 "pixels <= it become 0, above it 255"
             )
@@ -229,7 +227,7 @@ def _burn(
         speed_field=config.speed_field,
         default_speed_mph=config.default_speed,
     )
-    result.warnings.extend(labels.warnings)
+    result.entry.warnings.extend(labels.warnings)
     return burn_chip_masks(
         labels,
         header.grid,
@@ -237,5 +235,5 @@ def _burn(
         profile=config.rules,
         buffer_m=config.buffer_m,
         image=image,
-        warnings=result.warnings,
+        warnings=result.entry.warnings,
     )

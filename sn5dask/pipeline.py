@@ -295,9 +295,7 @@ def start_manifest(
         if chip.chip_id in done:
             manifest.chips[chip.chip_id] = done[chip.chip_id]
         elif chip.chip_id in stats.errors:
-            manifest.chips[chip.chip_id] = ChipResult(
-                chip.chip_id, "failed", stats.errors[chip.chip_id], chip.image, chip.label
-            ).manifest_entry()
+            manifest.chips[chip.chip_id] = ChipResult.failed(chip, stats.errors[chip.chip_id]).entry
     return manifest
 
 
@@ -331,16 +329,13 @@ def process_chips(
             try:
                 result = future.result()
             except Exception as exc:  # the task itself never raises: the worker died
-                result = ChipResult(
-                    chip.chip_id,
-                    "failed",
+                result = ChipResult.failed(
+                    chip,
                     f"{chip.image}: worker lost while processing this chip "
                     f"({type(exc).__name__}: {exc}); re-run to retry it",
-                    chip.image,
-                    chip.label,
                 )
             future.release()
-            manifest.chips[chip.chip_id] = result.manifest_entry()
+            manifest.chips[chip.chip_id] = result.entry
             timings.append(result.timings)
             reporter.chip_finished(catalog.aoi, result)
             if time.monotonic() - last_write > MANIFEST_EVERY_S:

@@ -46,20 +46,20 @@ def test_outputs_equal_the_pure_functions(fake, writer, tmp_path) -> None:
     header, pixels = fake.reader.images[chip.image]
     layout = job.layout
 
-    rgb = writer.files[layout.url(result.outputs["rgb"])]
+    rgb = writer.files[layout.url(result.entry.outputs["rgb"])]
     assert isinstance(rgb, FakeGeoTiff) and rgb.header == header
     assert rgb.options == {"compress": "deflate", "is_mask": False, "nodata": 0, "photometric": "RGB"}
     assert np.array_equal(rgb.array, stretch_to_uint8(pixels[[4, 2, 1]], list(CUTS), [None] * 3))
 
     labels = parse_road_labels(fake.reader.labels[chip.label], chip.label)
     expected = burn_chip_masks(labels, header.grid, image=pixels)
-    assert set(result.outputs) == {"rgb", "binary", "continuous", "binned", "multichannel"}
+    assert set(result.entry.outputs) == {"rgb", "binary", "continuous", "binned", "multichannel"}
     for kind, mask in expected.items():
-        written = writer.files[layout.url(result.outputs[kind])]
+        written = writer.files[layout.url(result.entry.outputs[kind])]
         assert written.options["is_mask"] and written.array.dtype == np.uint8
         assert np.array_equal(written.array, mask if mask.ndim == 3 else mask[np.newaxis])
-    assert result.outputs["binary"] == f"masks/binary/{chip.output_name}"
-    assert result.zero_fraction == {"5": 0.0, "3": 0.0, "2": 0.0}
+    assert result.entry.outputs["binary"] == f"masks/binary/{chip.output_name}"
+    assert result.entry.zero_fraction == {"5": 0.0, "3": 0.0, "2": 0.0}
     assert fake.reader.pixel_reads()[chip.image] >= 1
 
 
@@ -70,7 +70,7 @@ def test_zarr_region_is_written_and_recorded(fake, writer, tmp_path) -> None:
     writer.create_zarr(layout.zarr_url, chip_ids=list(headers), headers=headers, n_bands=3,
                        mask_kinds=job.config.masks, attrs={})
     result = process_chip(fake.catalog.chips[2], job, 2)
-    assert result.status == "ok" and result.outputs == {"zarr": f"{AOI}.zarr#2"}
+    assert result.status == "ok" and result.entry.outputs == {"zarr": f"{AOI}.zarr#2"}
     rgb, masks = writer.files[layout.zarr_url]["regions"][2]
     assert rgb.shape == (3, 64, 64) and set(masks) == {"binary", "continuous", "binned", "multichannel"}
 
@@ -82,22 +82,22 @@ def test_per_chip_stretch_and_cresi_skip_rule(fake, writer, tmp_path) -> None:
     _, pixels = fake.reader.images[chip.image]
     hist = band_histograms(pixels[[4, 2, 1]])
     cuts = [band_cut(*percentiles_from_histogram(h, (2, 98))) for h in hist]
-    rgb = writer.files[job.layout.url(result.outputs["rgb"])].array
+    rgb = writer.files[job.layout.url(result.entry.outputs["rgb"])].array
     assert np.array_equal(rgb, stretch_to_uint8(pixels[[4, 2, 1]], cuts))
-    assert result.percentiles == {str(b): percentiles_from_histogram(h, (2, 98))
+    assert result.entry.percentiles == {str(b): percentiles_from_histogram(h, (2, 98))
                                   for b, h in zip((5, 3, 2), hist, strict=True)}
     # Chip 4 has 22 of 64 columns zero (34.4 %): CRESI's rule writes no RGB, still the masks.
     skipped = process_chip(fake.catalog.chips[4], job)
     assert skipped.status == "skipped" and "band 5 is 34.4% zeros" in skipped.reason
-    assert "rgb" not in skipped.outputs and "multichannel" in skipped.outputs
+    assert "rgb" not in skipped.entry.outputs and "multichannel" in skipped.entry.outputs
 
 
 def test_chip_without_label_gets_rgb_and_a_warning(fake, writer, tmp_path) -> None:
     chip = fake.catalog.chips[-1]
     assert chip.label is None
     result = process_chip(chip, job_for(fake, writer, tmp_path))
-    assert result.status == "ok" and set(result.outputs) == {"rgb"}
-    assert result.warnings == [f"{chip.image}: no label file: masks not written"]
+    assert result.status == "ok" and set(result.entry.outputs) == {"rgb"}
+    assert result.entry.warnings == [f"{chip.image}: no label file: masks not written"]
 
 
 def test_failures_are_recorded_never_raised(fake, writer, tmp_path) -> None:
@@ -107,7 +107,7 @@ def test_failures_are_recorded_never_raised(fake, writer, tmp_path) -> None:
     try:
         result = process_chip(chip, job)
         assert result.status == "failed" and result.reason == f"{chip.image}: cannot be read as a raster (boom)"
-        assert result.outputs == {} and not writer.files
+        assert result.entry.outputs == {} and not writer.files
 
         fake.reader.failures[chip.image] = RuntimeError("a bug")
         result = process_chip(chip, job)
@@ -150,7 +150,7 @@ def test_a_failed_write_fails_the_chip_naming_the_error(fake, tmp_path) -> None:
 
 def test_manifest_entry_is_the_typed_model(fake, writer, tmp_path) -> None:
     result = process_chip(fake.catalog.chips[0], job_for(fake, writer, tmp_path))
-    entry = result.manifest_entry()
+    entry = result.entry
     document = entry.as_json()
     assert json.loads(json.dumps(document)) == document and "percentiles" not in document
     assert list(document) == ["status", "image", "label", "reason", "warnings", "zero_fraction", "outputs"]
