@@ -16,7 +16,6 @@ import venv
 from pathlib import Path
 
 import jsonschema
-import numpy as np
 import pytest
 import rasterio
 import yaml

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from pyproj import Transformer
 import sn5dask
 from sn5dask.config import load_config
 from tests.conftest import write_tif
-from tests.procs import FaultyProxy, kill_group, moto_server, real_cluster, sn5dask_cli
+from tests.procs import FaultyProxy, kill_group, moto_server, sn5dask_cli
 
 pytestmark = pytest.mark.faults
 AOI = "AOI_7_Moscow"

@@ -4,7 +4,6 @@ and the Zarr store written to a bucket, opened back and validated; no credential
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
