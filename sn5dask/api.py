@@ -98,6 +98,8 @@ def aoi_percentiles(
     """
     out: dict[str, dict[str, Any]] = {}
     for catalog in discover(root, [aoi] if aoi else None):
+        if not catalog.chips:  # an AOI with labels only
+            continue
         final = scan_graph(catalog.chips, bands, percentiles, with_histogram=True)
         stats = client.compute(final).result() if client is not None else final.compute()
         out[catalog.aoi] = {**stats.as_json(), "unreadable_chips": stats.errors}
@@ -112,6 +114,8 @@ def aoi_histograms(
     the same numbers. Uses `client` when given, else dask's default scheduler."""
     out: dict[str, np.ndarray] = {}
     for catalog in discover(root, [aoi] if aoi else None):
+        if not catalog.chips:  # an AOI with labels only
+            continue
         tree = scan_tree(catalog.chips, bands, with_histogram=True)
         scan = client.compute(tree).result() if client is not None else tree.compute()
         if scan.histogram is None:

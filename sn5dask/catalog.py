@@ -8,10 +8,16 @@ comes from `layout.output_name`.
 
 from __future__ import annotations
 
+import glob
+import hashlib
+import os
 import posixpath
 import re
+import stat
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fsspec import AbstractFileSystem
 
@@ -38,7 +44,9 @@ _IMAGE_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
 class ChipRecord:
     """One chip: its image, its label file (or None) and where its outputs go.
 
-    `problem` is set when discovery already knows the chip must fail (duplicate id).
+    `problem` is set when discovery already knows the chip must fail (a duplicate chip id,
+    two images sharing an output name, an input that is not a regular file). The stamps
+    (size and modification time, or ETag on S3) let a resume notice a changed input.
     Small and picklable: this is what is sent to workers.
     """
 
@@ -48,6 +56,8 @@ class ChipRecord:
     label: str | None
     output_name: str
     problem: str | None = None
+    image_stamp: str | None = None
+    label_stamp: str | None = None
 
 
 @dataclass
@@ -86,67 +96,92 @@ def aoi_for_image(image_path: str) -> str:
     from_name = aoi_from_name(name)
     if from_name:
         return from_name
-    parent = posixpath.basename(posixpath.dirname(posixpath.dirname(image_path)))
-    return sanitise(parent)
+    return sanitise(_aoi_folder_name(image_path))
 
 
-def discover(root: str, aois: list[str] | None = None) -> list[AoiCatalog]:
+@dataclass(frozen=True)
+class _Listed:
+    """A file found by discovery: its URL, whether it is a regular file, its stamp."""
+
+    url: str
+    regular: bool
+    stamp: str
+
+
+def discover(root: str, aois: list[str] | None = None, *, exclude: str | None = None) -> list[AoiCatalog]:
     """Find `*/PS-MS/*.tif` (or `PS-MS/*.tif` when ROOT is one AOI folder) and pair labels.
 
-    Raises `NoChipsError` when nothing is found (or none of the requested `aois`).
+    Nothing found is dropped silently: labels without an image are each AOI's
+    `orphan_labels` (an AOI with labels only is returned with no chips), and chips that
+    cannot be processed carry their `problem`. Symlinked AOI folders are followed (the
+    fixed-depth patterns cannot loop). Files under `exclude` (the run's OUT) are never
+    inputs. AOI folder names that sanitise to one name are kept apart by a suffix.
+    Raises `NoChipsError` when no image is found (or none of the requested `aois`).
     """
     fs, base = files.filesystem(root)
-    base = base.rstrip("/")
-    image_paths = _glob_many(fs, base, IMAGE_FOLDER, _IMAGE_SUFFIXES)
-    label_paths = {
-        folder: _glob_many(fs, base, folder, (".geojson", ".json")) for folder in LABEL_FOLDERS
+    base = base.rstrip("/") or "/"
+    excluded = _normalised(exclude) if exclude else None
+    if excluded is not None and (_under(root, excluded) or _in_input_folder(excluded)):
+        excluded = None  # OUT holds ROOT or lies among inputs: the run refuses such an OUT
+    images = _list(fs, base, IMAGE_FOLDER, _IMAGE_SUFFIXES, excluded)
+    labels_found = {
+        folder: _list(fs, base, folder, (".geojson", ".json"), excluded) for folder in LABEL_FOLDERS
     }
-    if not image_paths:
+    if not images:
         raise NoChipsError(
             f"{root}: no chips found (expected <ROOT>/<AOI>/PS-MS/*.tif or <ROOT>/PS-MS/*.tif)"
         )
+    folder_aoi = _folder_aoi_names(
+        [listed.url for listed in images] + [l.url for found in labels_found.values() for l in found]
+    )
 
-    labels_by_key: dict[tuple[str, str], str] = {}
+    def aoi_of(url: str) -> str:
+        return aoi_from_name(posixpath.basename(url)) or folder_aoi[_aoi_folder_name(url)]
+
+    labels_by_key: dict[tuple[str, str], _Listed] = {}
     for folder in reversed(LABEL_FOLDERS):  # preferred folder written last, so it wins
-        for path in label_paths[folder]:
-            name = posixpath.basename(path)
-            aoi = aoi_from_name(name) or sanitise(
-                posixpath.basename(posixpath.dirname(posixpath.dirname(path)))
-            )
-            labels_by_key[(aoi, chip_id_from_name(name))] = files.full_url(fs, path)
+        for listed in labels_found[folder]:
+            key = (aoi_of(listed.url), chip_id_from_name(posixpath.basename(listed.url)))
+            labels_by_key[key] = listed
 
-    by_key: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for path in image_paths:
-        by_key[(aoi_for_image(path), chip_id_from_name(posixpath.basename(path)))].append(
-            files.full_url(fs, path)
-        )
+    by_key: dict[tuple[str, str], list[_Listed]] = defaultdict(list)
+    for listed in images:
+        by_key[(aoi_of(listed.url), chip_id_from_name(posixpath.basename(listed.url)))].append(listed)
 
     catalogs: dict[str, AoiCatalog] = {}
-    for (aoi, chip_id), paths in by_key.items():
+    for (aoi, chip_id), found in by_key.items():
         catalog = catalogs.setdefault(aoi, AoiCatalog(aoi))
         label = labels_by_key.get((aoi, chip_id))
-        problem = None
-        if len(paths) > 1:
-            problem = f"duplicate chip id {chip_id} in {aoi}: " + " and ".join(sorted(paths))
-        for path in sorted(paths):
+        urls = sorted(listed.url for listed in found)
+        for listed in sorted(found, key=lambda item: item.url):
+            problem = None
+            if len(found) > 1:
+                problem = f"duplicate chip id {chip_id} in {aoi}: " + " and ".join(urls)
+            elif not listed.regular:
+                problem = f"{listed.url}: not a regular file (a FIFO, device or socket): not read"
+            elif label is not None and not label.regular:
+                problem = f"{label.url}: label is not a regular file (a FIFO, device or socket): not read"
             catalog.chips.append(
                 ChipRecord(
                     aoi=aoi,
                     chip_id=chip_id,
-                    image=path,
-                    label=label,
-                    output_name=output_name(posixpath.basename(path)),
+                    image=listed.url,
+                    label=label.url if label else None,
+                    output_name=output_name(posixpath.basename(listed.url)),
                     problem=problem,
+                    image_stamp=listed.stamp,
+                    label_stamp=label.stamp if label else None,
                 )
             )
     paired = {(c.aoi, c.chip_id) for cat in catalogs.values() for c in cat.chips}
-    for key, path in sorted(labels_by_key.items()):
+    for key, listed in sorted(labels_by_key.items()):
         if key not in paired:
-            catalogs.setdefault(key[0], AoiCatalog(key[0])).orphan_labels.append(path)
+            catalogs.setdefault(key[0], AoiCatalog(key[0])).orphan_labels.append(listed.url)
 
     for catalog in catalogs.values():
+        catalog.chips = _shared_output_names_fail(catalog.chips)
         catalog.chips.sort(key=lambda c: (_natural_key(c.chip_id), c.image))
-    selected = [catalogs[name] for name in sorted(catalogs) if catalogs[name].chips]
+    selected = [catalogs[name] for name in sorted(catalogs)]
     if aois:
         missing = [a for a in aois if a not in catalogs]
         if missing:
@@ -160,13 +195,106 @@ def discover(root: str, aois: list[str] | None = None) -> list[AoiCatalog]:
     return selected
 
 
-def _glob_many(fs: AbstractFileSystem, base: str, folder: str, suffixes: tuple[str, ...]) -> list[str]:
-    found: set[str] = set()
-    for pattern in (f"{base}/*/{folder}/*", f"{base}/{folder}/*"):
-        for path in fs.glob(pattern):
-            if path.endswith(suffixes):
-                found.add(path)
-    return sorted(found)
+def input_folders(catalog: AoiCatalog) -> set[str]:
+    """The folders a catalog's inputs live in: each image's and label's folder, and the AOI
+    folder above them."""
+    folders: set[str] = set()
+    for path in [c.image for c in catalog.chips] + [c.label for c in catalog.chips if c.label]:
+        folders.add(posixpath.dirname(path))
+        folders.add(posixpath.dirname(posixpath.dirname(path)))
+    for path in catalog.orphan_labels:
+        folders.add(posixpath.dirname(path))
+    return folders
+
+
+def _shared_output_names_fail(chips: list[ChipRecord]) -> list[ChipRecord]:
+    """Chips whose images map to one output file name (names that differ only in
+    characters sanitising replaces) all fail, naming every image: one would overwrite
+    the other."""
+    by_name: dict[str, list[ChipRecord]] = defaultdict(list)
+    for chip in chips:
+        by_name[chip.output_name.lower()].append(chip)
+    out = []
+    for chip in chips:
+        sharing = by_name[chip.output_name.lower()]
+        if len(sharing) > 1 and chip.problem is None:
+            images = " and ".join(sorted(c.image for c in sharing))
+            problem = f"output name {chip.output_name} is shared by {images}: rename one of them"
+            chip = ChipRecord(**{**chip.__dict__, "problem": problem})
+        out.append(chip)
+    return out
+
+
+def _aoi_folder_name(path: str) -> str:
+    """The raw name of the AOI folder of an input (the folder above PS-MS/ or labels/)."""
+    return posixpath.basename(posixpath.dirname(posixpath.dirname(path)))
+
+
+def _folder_aoi_names(paths: Iterable[str]) -> dict[str, str]:
+    """AOI name for each raw AOI folder name: sanitised, and where two different folder
+    names sanitise to the same text (non-Latin names), each gets a short hash of its raw
+    name so that they stay apart (never merged under one set of percentiles)."""
+    raw_names = {_aoi_folder_name(path) for path in paths}
+    by_sanitised: dict[str, set[str]] = defaultdict(set)
+    for raw in raw_names:
+        by_sanitised[sanitise(raw)].add(raw)
+    names = {}
+    for clean, raws in by_sanitised.items():
+        for raw in raws:
+            names[raw] = clean if len(raws) == 1 else f"{clean}_{hashlib.sha1(raw.encode()).hexdigest()[:8]}"
+    return names
+
+
+def _list(
+    fs: AbstractFileSystem, base: str, folder: str, suffixes: tuple[str, ...], excluded: str | None
+) -> list[_Listed]:
+    """Files `<base>/*/<folder>/*` and `<base>/<folder>/*` ending in `suffixes`."""
+    found: dict[str, _Listed] = {}
+    if files.is_local_fs(fs):
+        for pattern in (os.path.join(glob.escape(base), "*", folder, "*"), os.path.join(glob.escape(base), folder, "*")):
+            # The standard library follows symlinked folders (fsspec's local glob does not)
+            # and, with include_hidden, lists names starting with a dot too.
+            for path in glob.glob(pattern, include_hidden=True):
+                if path.endswith(suffixes) and not _under(path, excluded):
+                    found[path] = _listed_local(path)
+    else:
+        for pattern in (f"{base}/*/{folder}/*", f"{base}/{folder}/*"):
+            for path, info in fs.glob(pattern, detail=True).items():
+                url = files.full_url(fs, path)
+                if path.endswith(suffixes) and not _under(url, excluded):
+                    found[url] = _listed_remote(url, info)
+    return [found[url] for url in sorted(found)]
+
+
+def _listed_local(path: str) -> _Listed:
+    try:
+        info = os.stat(path)
+    except OSError:  # a dangling link: reading it will fail with the reason
+        return _Listed(path, True, "missing")
+    return _Listed(path, stat.S_ISREG(info.st_mode), f"{info.st_size}:{info.st_mtime_ns}")
+
+
+def _listed_remote(url: str, info: dict[str, Any]) -> _Listed:
+    version = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+    return _Listed(url, info.get("type", "file") == "file", f"{info.get('size')}:{version}")
+
+
+def _in_input_folder(path: str) -> bool:
+    parts = path.replace("\\", "/").split("/")
+    return any(part in (IMAGE_FOLDER, *LABEL_FOLDERS) for part in parts)
+
+
+def _normalised(url: str) -> str:
+    if "://" in url:
+        return url.rstrip("/")
+    return os.path.realpath(url)
+
+
+def _under(path: str, folder: str | None) -> bool:
+    if folder is None:
+        return False
+    normalised = _normalised(path)
+    return normalised == folder or normalised.startswith(folder.rstrip("/") + "/")
 
 
 def _natural_key(chip_id: str) -> tuple[str, int, str]:

@@ -56,8 +56,9 @@ class OutputWriter(Protocol):
         is_mask: bool = False,
         nodata: float | None = None,
         photometric: str | None = None,
-    ) -> None:
-        """A (band, y, x) or (y, x) uint8 array on the chip's grid, as a tiled GeoTIFF."""
+    ) -> int:
+        """A (band, y, x) or (y, x) uint8 array on the chip's grid, as a tiled GeoTIFF;
+        returns the file's size in bytes."""
         ...
 
     def create_zarr(
@@ -93,6 +94,14 @@ class OutputWriter(Protocol):
 
     def exists(self, url: str) -> bool: ...
 
+    def file_sizes(self, folder_url: str, *, skip: str | None = None) -> dict[str, int]:
+        """URL -> size of every file below a folder (none under `skip`), in one listing."""
+        ...
+
+    def zarr_written_chips(self, url: str) -> frozenset[int]:
+        """Indexes of the chips whose chunks exist in every data array of the store."""
+        ...
+
 
 class RasterioReader:
     """Images through rasterio/GDAL (`raster.gdal_env` around every open), labels through
@@ -124,8 +133,8 @@ class FileWriter:
         is_mask: bool = False,
         nodata: float | None = None,
         photometric: str | None = None,
-    ) -> None:
-        raster.write_geotiff(
+    ) -> int:
+        return raster.write_geotiff(
             url, array, header, compress=compress, is_mask=is_mask, nodata=nodata,
             photometric=photometric,
         )  # fmt: skip
@@ -167,6 +176,14 @@ class FileWriter:
 
     def exists(self, url: str) -> bool:
         return files.exists(url)
+
+    def file_sizes(self, folder_url: str, *, skip: str | None = None) -> dict[str, int]:
+        return files.file_sizes(folder_url, skip=skip)
+
+    def zarr_written_chips(self, url: str) -> frozenset[int]:
+        from sn5dask import zarrstore
+
+        return zarrstore.written_chips(url)
 
 
 def write_json(writer: OutputWriter, url: str, document: Any) -> None:

@@ -61,7 +61,11 @@ class ChipResult:
 
     @classmethod
     def start(cls, chip: ChipRecord) -> ChipResult:
-        return cls(chip.chip_id, ChipEntry(status="ok", image=chip.image, label=chip.label))
+        entry = ChipEntry(
+            status="ok", image=chip.image, label=chip.label,
+            image_stamp=chip.image_stamp, label_stamp=chip.label_stamp,
+        )  # fmt: skip
+        return cls(chip.chip_id, entry)
 
     @classmethod
     def failed(cls, chip: ChipRecord, reason: str) -> ChipResult:
@@ -123,6 +127,23 @@ def _process(
     rgb = _stretch(chip, job, header, selected, result)
     timings["stretch"] = time.perf_counter() - started
 
+    # The RGB is written before the masks are burned: a label that fails the chip never
+    # costs the chip its RGB (it stays recorded in the failed chip's outputs).
+    layout, writer = job.layout, job.writer
+    if "geotiff" in config.formats and rgb is not None:
+        started = time.perf_counter()
+        path = layout.rgb_relpath(chip.output_name)
+        result.entry.output_bytes[RGB_OUTPUT] = writer.write_geotiff(
+            layout.url(path),
+            rgb,
+            header,
+            compress=config.compress,
+            nodata=0,
+            photometric="RGB" if rgb.shape[0] == 3 else None,
+        )
+        result.entry.outputs[RGB_OUTPUT] = path
+        timings["write_rgb"] = time.perf_counter() - started
+
     masks: dict[str, np.ndarray] = {}
     if config.masks and chip.label is None:
         result.entry.warnings.append(f"{chip.image}: no label file: masks not written")
@@ -132,25 +153,11 @@ def _process(
         timings["masks"] = time.perf_counter() - started
     del image, selected
 
-    layout, writer = job.layout, job.writer
     if "geotiff" in config.formats:
-        started = time.perf_counter()
-        if rgb is not None:
-            path = layout.rgb_relpath(chip.output_name)
-            writer.write_geotiff(
-                layout.url(path),
-                rgb,
-                header,
-                compress=config.compress,
-                nodata=0,
-                photometric="RGB" if rgb.shape[0] == 3 else None,
-            )
-            result.entry.outputs[RGB_OUTPUT] = path
-        timings["write_rgb"] = time.perf_counter() - started
         started = time.perf_counter()
         for kind, mask in masks.items():
             path = layout.mask_relpath(kind, chip.output_name)
-            writer.write_geotiff(
+            result.entry.output_bytes[kind] = writer.write_geotiff(
                 layout.url(path), mask, header, compress=config.compress, is_mask=True
             )
             result.entry.outputs[kind] = path

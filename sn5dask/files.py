@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
 from typing import Any
 
 import fsspec
@@ -35,7 +36,11 @@ def storage_options(url: str) -> dict[str, Any]:
 
 
 def is_local(url: str) -> bool:
-    return isinstance(filesystem(url)[0], LocalFileSystem)
+    return is_local_fs(filesystem(url)[0])
+
+
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
 
 
 def full_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -72,6 +77,8 @@ def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
     Raises `ValueError` naming the size when it is over `max_bytes`.
     """
     fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        require_regular_file(path)
     size = int(fs.size(path))
     if max_bytes is not None and size > max_bytes:
         raise ValueError(f"{size / 2**20:.1f} MB is over the limit of {max_bytes / 2**20:g} MB")
@@ -79,6 +86,48 @@ def read_bytes(url: str, max_bytes: int | None = None) -> bytes:
     if len(data) != size:
         raise OSError(f"short read: got {len(data)} of {size} bytes")
     return data
+
+
+def file_sizes(folder_url: str, *, skip: str | None = None) -> dict[str, int]:
+    """URL -> size of every file below `folder_url` (recursively; nothing below `skip`),
+    from one listing (a walk locally, one paginated listing on S3)."""
+    fs, path = filesystem(folder_url)
+    skipped = filesystem(skip)[1].rstrip("/") + "/" if skip else None
+    sizes: dict[str, int] = {}
+    if isinstance(fs, LocalFileSystem):
+        for directory, folders, names in os.walk(path):
+            if skipped is not None:
+                folders[:] = [f for f in folders if not (os.path.join(directory, f) + "/").startswith(skipped)]
+            for name in names:
+                full = os.path.join(directory, name)
+                try:
+                    sizes[full] = os.stat(full).st_size
+                except OSError:
+                    continue
+        return sizes
+    if not fs.exists(path):
+        return sizes
+    for key, info in fs.find(path, detail=True).items():
+        if skipped is None or not (key + "/").startswith(skipped):
+            sizes[full_url(fs, key)] = int(info.get("size", -1))
+    return sizes
+
+
+def find(folder_url: str) -> list[str]:
+    """Paths (relative to `folder_url`, with `/`) of every file below it."""
+    fs, path = filesystem(folder_url)
+    base = path.rstrip("/") + "/"
+    if not fs.exists(path):
+        return []
+    return [key[len(base):] if key.startswith(base) else key for key in fs.find(path)]
+
+
+def require_regular_file(path: str) -> None:
+    """Raise `OSError` unless a local path is a regular file: opening a FIFO or a device
+    named like an input would block or read forever."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise OSError("not a regular file (a FIFO, device or socket): not read")
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:

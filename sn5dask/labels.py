@@ -22,6 +22,9 @@ from sn5dask.speed import road_speed
 
 #: GeoJSON's default CRS (RFC 7946): lon/lat on WGS84.
 GEOJSON_DEFAULT_CRS = CRS.from_user_input("OGC:CRS84")
+#: Largest coordinate magnitude accepted in a projected label CRS: 100,000 km (or feet),
+#: beyond any place on Earth. Larger values (1e300) make PROJ and GEOS misbehave.
+MAX_PROJECTED_COORDINATE = 1e8
 _LINE_TYPES = ("LineString", "MultiLineString")
 
 
@@ -30,7 +33,8 @@ class RoadLabels:
     """The roads of one label file.
 
     `lines`: shapely (Multi)LineStrings in `crs`; `speed_mph` / `speed_mps`: float64, NaN
-    where a road has no usable speed; `warnings`: text naming the file and the feature.
+    where a road has no usable speed; `feature_index`: each road's feature number in the
+    file; `warnings`: text naming the file and the feature.
     """
 
     source: str
@@ -39,9 +43,22 @@ class RoadLabels:
     speed_mph: np.ndarray
     speed_mps: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    feature_index: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.lines)
+
+    def feature(self, road: int) -> int:
+        """The feature number in the file of road `road`."""
+        return int(self.feature_index[road]) if self.feature_index is not None else road
+
+    def subset(self, keep: np.ndarray) -> RoadLabels:
+        """The roads where `keep` (bool, one per road) is True."""
+        index = self.feature_index if self.feature_index is not None else np.arange(len(self))
+        return RoadLabels(
+            self.source, self.crs, self.lines[keep], self.speed_mph[keep], self.speed_mps[keep],
+            self.warnings, index[keep],
+        )  # fmt: skip
 
 
 def parse_road_labels(
@@ -59,14 +76,16 @@ def parse_road_labels(
     if not isinstance(document, dict) or not isinstance(document.get("features"), list):
         raise LabelError(source, "GeoJSON has no 'features' list (not a FeatureCollection)")
     crs = _document_crs(document, source)
+    geographic = crs.is_geographic
 
     warnings: list[str] = []
     ignored_types: Counter[str] = Counter()
     lines: list[Any] = []
     mph: list[float] = []
     mps: list[float] = []
+    feature_index: list[int] = []
     for index, feature in enumerate(document["features"]):
-        line, problem = _feature_line(feature)
+        line, problem = _feature_line(feature, geographic)
         if line is None:
             if problem in _NON_LINE_PROBLEMS:
                 ignored_types[problem] += 1
@@ -82,6 +101,7 @@ def parse_road_labels(
         if speed.problem is not None:
             warnings.append(f"{source}: feature {index}: no usable speed ({speed.problem})")
         lines.append(line)
+        feature_index.append(index)
         mph.append(np.nan if speed.mph is None else speed.mph)
         mps.append(np.nan if speed.mps is None else speed.mps)
     if ignored_types:
@@ -94,6 +114,7 @@ def parse_road_labels(
         speed_mph=np.array(mph, dtype=np.float64),
         speed_mps=np.array(mps, dtype=np.float64),
         warnings=warnings,
+        feature_index=np.array(feature_index, dtype=np.int64),
     )
 
 
@@ -102,10 +123,13 @@ _NON_LINE_PROBLEMS = frozenset(
 )
 
 
-def _feature_line(feature: Any) -> tuple[Any | None, str | None]:
+def _feature_line(feature: Any, geographic: bool) -> tuple[Any | None, str | None]:
     """(line, None) for a usable road line; (None, problem) otherwise.
 
     A problem that is a geometry type name means "not a line" (counted, not listed).
+    Coordinates impossible in the label's CRS are refused here, before any geometry
+    operation (validity, buffering, reprojection): lon/lat outside -180..180 / -90..90 in
+    a geographic CRS (often swapped axes), magnitudes over 1e8 in a projected one.
     """
     if not isinstance(feature, dict):
         return None, "not a GeoJSON Feature object"
@@ -121,14 +145,40 @@ def _feature_line(feature: Any) -> tuple[Any | None, str | None]:
         return None, kind if kind in _NON_LINE_PROBLEMS else f"unsupported geometry {kind}"
     if shape.is_empty:
         return None, "empty geometry"
-    if not np.isfinite(shapely.get_coordinates(shape)).all():
+    coordinates = shapely.get_coordinates(shape)
+    if not np.isfinite(coordinates).all():
         return None, "geometry has NaN or infinite coordinates"
+    impossible = _impossible_coordinates(coordinates, geographic)
+    if impossible is not None:
+        return None, impossible
     if not shape.is_valid:
         repaired = _lines_only(shapely.make_valid(shape))
         if repaired is None:
             return None, "invalid geometry that could not be repaired"
         return repaired, None
     return shape, None
+
+
+def _impossible_coordinates(xy: np.ndarray, geographic: bool) -> str | None:
+    """Why coordinates cannot be in the label's CRS, or None when they can."""
+    x, y = xy[:, 0], xy[:, 1]
+    if geographic:
+        if (np.abs(x) > 180).any() or (np.abs(y) > 90).any():
+            return (
+                "coordinates outside longitude -180..180 / latitude -90..90 "
+                f"(e.g. {_pair(xy, (np.abs(x) > 180) | (np.abs(y) > 90))}; are longitude "
+                "and latitude swapped?)"
+            )
+        return None
+    too_large = (np.abs(x) > MAX_PROJECTED_COORDINATE) | (np.abs(y) > MAX_PROJECTED_COORDINATE)
+    if too_large.any():
+        return f"coordinates beyond {MAX_PROJECTED_COORDINATE:g} in a projected CRS (e.g. {_pair(xy, too_large)})"
+    return None
+
+
+def _pair(xy: np.ndarray, where: np.ndarray) -> str:
+    x, y = xy[np.flatnonzero(where)[0]]
+    return f"{x:.6g}, {y:.6g}"
 
 
 def _lines_only(shape: Any) -> Any | None:

@@ -19,8 +19,11 @@ Pure string work: no file is touched here.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import posixpath
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sn5dask import files
@@ -55,10 +58,54 @@ def file_stem(file_name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
+#: Longest output file name, in bytes: 255 (the usual NAME_MAX) less room for the
+#: `.partial` suffix of atomic writes and a margin for other filesystems.
+MAX_OUTPUT_NAME_BYTES = 200
+
+
 def output_name(image_name: str) -> str:
-    """Output file name for every output folder: `PS-MS` -> `PS-RGB`, sanitised, `.tif`."""
-    stem = file_stem(image_name).replace("PS-MS", RGB_FOLDER)
-    return f"{sanitise(stem)}.tif"
+    """Output file name for every output folder: `PS-MS` -> `PS-RGB`, sanitised, `.tif`.
+
+    A name longer than `MAX_OUTPUT_NAME_BYTES` is shortened deterministically: its first
+    180 characters, `_`, and the first 12 hex digits of the SHA-1 of the whole sanitised
+    stem (so two long names that share a beginning stay apart).
+    """
+    stem = sanitise(file_stem(image_name).replace("PS-MS", RGB_FOLDER))
+    if len(stem) + len(".tif") > MAX_OUTPUT_NAME_BYTES:  # sanitised names are ASCII
+        digest = hashlib.sha1(stem.encode()).hexdigest()[:12]
+        stem = f"{stem[:180]}_{digest}"
+    return f"{stem}.tif"
+
+
+def output_overlaps_input(out: str, aoi: str, input_folders: Iterable[str]) -> str | None:
+    """Why writing `OUT/<aoi>` could destroy inputs, or None when it cannot.
+
+    Refused: the output AOI folder is an input AOI folder (real SpaceNet AOI folders hold
+    `PS-RGB/` files with the very names sn5dask writes), lies inside a folder holding
+    inputs, or holds inputs itself. Local paths are compared after resolving symlinks.
+    """
+    target = _comparable(files.join(out, aoi))
+    for folder in sorted(set(input_folders)):
+        source = _comparable(folder)
+        if target == source:
+            return f"the output folder {files.join(out, aoi)} is the input folder {folder}"
+        if target.startswith(source + "/") and _holds_inputs(folder):
+            return f"the output folder {files.join(out, aoi)} lies inside the input folder {folder}"
+        if source.startswith(target + "/"):
+            return f"the output folder {files.join(out, aoi)} holds the input folder {folder}"
+    return None
+
+
+def _holds_inputs(folder: str) -> bool:
+    """Image and label folders hold inputs; an AOI folder above them does not itself."""
+    name = posixpath.basename(folder.rstrip("/"))
+    return name in ("PS-MS", "geojson_roads_speed", "geojson_roads")
+
+
+def _comparable(url: str) -> str:
+    if "://" in url:
+        return posixpath.normpath(url.split("://", 1)[1])
+    return os.path.realpath(url)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The run lock `OUT/<AOI>/.sn5dask.lock` (its path is `layout.AoiLayout.lock`).
 
-Local: created with `O_CREAT | O_EXCL`, so two runs can never both hold it; a lock left by
-a dead process on this host is taken over. S3 has no exclusive create here, so the lock is
-advisory there: it is checked, then written (a race between two starts can slip by).
+Local: created with `O_CREAT | O_EXCL`, so two runs can never both hold it. S3 has no
+exclusive create here, so the lock is advisory there: it is checked, then written (a race
+between two starts can slip by). On both, a lock left by a dead process of this host is
+taken over.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class RunLock:
                 self._held = True
                 return
             raise LockError(self._held_message(path))
-        if fs.exists(path):
+        if fs.exists(path) and not self._take_over_stale(path):
             raise LockError(self._held_message(path))
         fs.pipe_file(path, payload)
         self._held = True
@@ -74,14 +75,17 @@ class RunLock:
         )
 
     def _take_over_stale(self, path: str) -> bool:
+        """Remove a lock left by a dead process of this host (local or S3); False when the
+        holder may be alive (another host's process cannot be checked)."""
         holder = _read_holder(self.url)
         if not holder or holder.get("host") != socket.gethostname():
             return False
         pid = holder.get("pid")
         if not isinstance(pid, int) or _pid_alive(pid):
             return False
+        fs, _ = filesystem(self.url)
         try:
-            os.remove(path)
+            fs.rm_file(path)
         except FileNotFoundError:
             pass
         return True

@@ -4,22 +4,28 @@ The run, resume, `validate` and the API all read and write it through `Manifest`
 `ChipEntry`; a file that does not parse or has the wrong shape raises `ManifestError`
 (never an `AttributeError` or `IndexError` further down).
 
-Resume rules (DESIGN.md §5): a chip is done when its status is `ok` or `skipped` under
-identical params and every output it records is there: a file under its final name, or a
-Zarr region written into the store that still exists (a region is recorded only after its
-write returned). A re-run whose params differ stops unless `--overwrite` is given.
+Resume rules (DESIGN.md §5), verified rather than trusted: a chip is done when its
+status is `ok` or `skipped` under identical params, its image and label are the same files
+as when it was done (path, and size + modification time or ETag), every file it records is
+there under its final name with the size it was written with (a truncated file is redone),
+and its Zarr region's chunks all exist (a region is recorded only after its write
+returned). A re-run whose params differ stops unless `--overwrite` is given.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sn5dask.errors import ManifestError, ParamsChangedError
 from sn5dask.layout import ZARR_OUTPUT, AoiLayout, ZarrRef
+
+if TYPE_CHECKING:
+    from sn5dask.catalog import ChipRecord
 
 ChipStatus = Literal["ok", "skipped", "failed"]
 STATUSES: tuple[ChipStatus, ...] = ("ok", "skipped", "failed")
@@ -40,6 +46,11 @@ class ChipEntry(BaseModel):
     zero_fraction: dict[str, float] = Field(default_factory=dict)
     outputs: dict[str, str] = Field(default_factory=dict)
     percentiles: dict[str, list[float | None]] | None = None
+    #: Size in bytes of each file output as written (a resume redoes a file of another size).
+    output_bytes: dict[str, int] = Field(default_factory=dict)
+    #: The inputs as they were when the chip was done ("size:mtime", or "size:ETag" on S3).
+    image_stamp: str | None = None
+    label_stamp: str | None = None
 
     @property
     def done(self) -> bool:
@@ -65,6 +76,35 @@ class ChipEntry(BaseModel):
         if document.get("percentiles") is None:
             document.pop("percentiles", None)
         return document
+
+    def is_done_for(self, chip: ChipRecord, layout: AoiLayout, state: OutputState) -> bool:
+        """The resume rule for one chip under unchanged params (module docstring)."""
+        if not self.done or self.image_stamp is None:
+            return False
+        if (self.image, self.label) != (chip.image, chip.label):
+            return False
+        if (self.image_stamp, self.label_stamp) != (chip.image_stamp, chip.label_stamp):
+            return False
+        for kind, relpath in self.outputs.items():
+            try:
+                if kind == ZARR_OUTPUT:
+                    ref = ZarrRef.parse(relpath)
+                    if ref.store != layout.zarr_relpath or ref.index not in state.zarr_chips:
+                        return False
+                elif state.file_sizes.get(layout.url(relpath)) != self.output_bytes.get(kind):
+                    return False
+            except ValueError:  # a malformed or escaping path in a tampered manifest
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class OutputState:
+    """What exists under an AOI's output folder, listed once per resume: every file's size
+    (URL -> bytes) and the chips whose Zarr chunks all exist."""
+
+    file_sizes: Mapping[str, int]
+    zarr_chips: frozenset[int] = frozenset()
 
 
 class Manifest(BaseModel):
@@ -109,23 +149,24 @@ class Manifest(BaseModel):
 
     # -- resume rules ------------------------------------------------------------------
     def done_entries(
-        self, params: Mapping[str, Any], layout: AoiLayout, exists: Callable[[str], bool]
+        self,
+        params: Mapping[str, Any],
+        chips: Mapping[str, ChipRecord],
+        layout: AoiLayout,
+        state: OutputState,
     ) -> dict[str, ChipEntry]:
-        """Entries of chips that need no work: done under `params` with every recorded
-        output present (`exists` is asked for URLs; a path that would leave the AOI folder
-        counts as missing)."""
+        """Entries of the chips (by id, of this run's catalog) that need no work."""
         if self.params != dict(params):
             return {}
-        done: dict[str, ChipEntry] = {}
-        for chip_id, entry in self.chips.items():
-            if entry.done and all(
-                _output_exists(layout, kind, path, exists) for kind, path in entry.outputs.items()
-            ):
-                done[chip_id] = entry
-        return done
+        return {
+            chip_id: entry
+            for chip_id, entry in self.chips.items()
+            if chip_id in chips and entry.is_done_for(chips[chip_id], layout, state)
+        }
 
-    def check_params(self, params: Mapping[str, Any]) -> None:
-        """`ParamsChangedError` naming each parameter that differs, with old and new value."""
+    def check_params(self, params: Mapping[str, Any], source: str | None = None) -> None:
+        """`ParamsChangedError` naming each parameter that differs, with old and new value
+        (`source`: the file the old params come from, named in the message)."""
         old, new = self.params, dict(params)
         if old == new:
             return
@@ -139,18 +180,9 @@ class Manifest(BaseModel):
         if changed and changed <= {"aoi_percentiles", "zarr_chip_ids_sha256"}:
             hint = " (the AOI's chips changed since that run)"
         raise ParamsChangedError(
-            f"{self.aoi}: outputs were made with other parameters{hint}: {'; '.join(changes)}. "
+            f"{source or self.aoi}: outputs were made with other parameters{hint}: {'; '.join(changes)}. "
             "Re-run with --overwrite to replace them, or choose another --out"
         )
-
-
-def _output_exists(layout: AoiLayout, kind: str, relpath: str, exists: Callable[[str], bool]) -> bool:
-    try:
-        if kind == ZARR_OUTPUT:
-            return exists(layout.url(ZarrRef.parse(relpath).store))
-        return exists(layout.url(relpath))
-    except ValueError:  # a malformed or escaping path in a tampered manifest: not there
-        return False
 
 
 def _plain(exc: ValidationError) -> str:

@@ -58,8 +58,14 @@ def burn_speed_classes(
     *,
     profile: str | Profile = "sn5dask",
     buffer_m: float = 2.0,
+    warnings: list[str] | None = None,
 ) -> SpeedClasses:
-    """Buffer the roads in metres and rasterise them once into speed classes."""
+    """Buffer the roads in metres and rasterise them once into speed classes.
+
+    A road whose coordinates are not finite once projected into the metric CRS is left
+    out with a warning (appended to `warnings`) before any geometry operation, so no
+    road can crash GEOS; the other roads are burned.
+    """
     rules = get_profile(profile)
     height, width = grid.shape.yx
     if len(labels) == 0:
@@ -67,8 +73,15 @@ def burn_speed_classes(
     if rules.utm_rule == "label_centroid_north":
         utm = cresi_utm_crs(labels.lines, labels.crs)
     else:
-        utm = utm_crs_containing(*_grid_centre_lonlat(grid))
-    buffered = _buffer_in_metres(labels.lines, labels.crs, utm, buffer_m, rules.buffer_quad_segs)
+        utm = metric_crs_containing(*_grid_centre_lonlat(grid))
+    projected = reproject_geometries(labels.lines, labels.crs, utm)
+    finite = _finite_geometries(projected)
+    if not finite.all():
+        for road in np.flatnonzero(~finite):
+            _warn(warnings, f"{labels.source}: feature {labels.feature(int(road))}: coordinates "
+                            f"have no place in {utm.name}: not burned")  # fmt: skip
+        labels, projected = labels.subset(finite), projected[finite]
+    buffered = shapely.buffer(projected, buffer_m, quad_segs=rules.buffer_quad_segs)
     if rules.overlap == "dissolve_by_mps":
         in_utm, class_speeds = _dissolve_by_mps(labels, buffered)
     else:
@@ -78,6 +91,12 @@ def burn_speed_classes(
     geometries = reproject_geometries(
         np.array([p for p, _ in in_utm], dtype=object), utm, _grid_crs(grid)
     )
+    finite = _finite_geometries(geometries)
+    if not finite.all():
+        _warn(warnings, f"{labels.source}: {int((~finite).sum())} buffered road(s) have no "
+                        "place in the chip's CRS: not burned")  # fmt: skip
+        geometries = geometries.copy()
+        geometries[~finite] = None
     dtype = class_raster_dtype(len(class_speeds))
     shapes = [
         (polygon, class_index)
@@ -143,11 +162,21 @@ def _dissolve_by_mps(
     return polygons, np.array(class_speeds, dtype=np.float64)
 
 
-def _buffer_in_metres(
-    lines: np.ndarray, label_crs: CRS, utm: CRS, buffer_m: float, quad_segs: int
-) -> np.ndarray:
-    projected = reproject_geometries(lines, label_crs, utm)
-    return shapely.buffer(projected, buffer_m, quad_segs=quad_segs)
+def _finite_geometries(geometries: np.ndarray) -> np.ndarray:
+    """True for each geometry whose coordinates are all finite (PROJ gives inf for a point
+    outside its projection's domain; GEOS must never see one)."""
+    if len(geometries) == 0:
+        return np.zeros(0, dtype=bool)
+    coordinates, owner = shapely.get_coordinates(geometries, return_index=True)
+    bad = np.unique(owner[~np.isfinite(coordinates).all(axis=1)])
+    finite = np.ones(len(geometries), dtype=bool)
+    finite[bad] = False
+    return finite
+
+
+def _warn(warnings: list[str] | None, text: str) -> None:
+    if warnings is not None:
+        warnings.append(text)
 
 
 def reproject_geometries(geometries: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
@@ -204,6 +233,22 @@ def utm_crs_containing(lon: float, lat: float) -> CRS:
         if west <= lon <= east and south <= lat <= north:
             return _crs_from_epsg(int(code))
     raise ValueError(f"no WGS84 UTM zone contains lon {lon}, lat {lat}")
+
+
+#: WGS 84 / UPS North (N,E) and South: the metric CRSs beyond the UTM zones (84°N, 80°S).
+UPS_NORTH_EPSG = 32661
+UPS_SOUTH_EPSG = 32761
+
+
+def metric_crs_containing(lon: float, lat: float) -> CRS:
+    """The metric CRS for the buffer: the WGS84 UTM zone containing (lon, lat), or, beyond
+    the UTM zones (north of 84°N, south of 80°S), Universal Polar Stereographic."""
+    try:
+        return utm_crs_containing(lon, lat)
+    except ValueError:
+        if not (np.isfinite(lon) and np.isfinite(lat)):
+            raise
+        return _crs_from_epsg(UPS_NORTH_EPSG if lat > 0 else UPS_SOUTH_EPSG)
 
 
 @lru_cache(maxsize=256)
@@ -317,7 +362,9 @@ def burn_chip_masks(
     When roads exist but none touches the chip, a warning is appended to `warnings`: the
     usual cause is a label file that belongs elsewhere or declares the wrong CRS.
     """
-    speed_classes = burn_speed_classes(labels, grid, profile=profile, buffer_m=buffer_m)
+    speed_classes = burn_speed_classes(
+        labels, grid, profile=profile, buffer_m=buffer_m, warnings=warnings
+    )
     if warnings is not None and len(labels) and speed_classes.roads_on_chip == 0:
         warnings.append(
             f"{labels.source}: none of its {len(labels)} road(s) falls on the chip "

@@ -22,16 +22,16 @@ from distributed import Client, as_completed
 
 from sn5dask import files
 from sn5dask.aoistats import AoiStats
-from sn5dask.catalog import AoiCatalog, ChipRecord, discover
+from sn5dask.catalog import AoiCatalog, ChipRecord, discover, input_folders
 from sn5dask.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader, read_json, write_json
 from sn5dask.chiptask import ChipJob, ChipResult
 from sn5dask.cluster import get_client, prepare_local_workers, warm_up_workers
 from sn5dask.config import RunConfig
-from sn5dask.errors import ManifestError, Sn5daskError
+from sn5dask.errors import ConfigError, ManifestError, ParamsChangedError, Sn5daskError
 from sn5dask.graph import chip_tasks, scan_graph
-from sn5dask.layout import AoiLayout
+from sn5dask.layout import AoiLayout, output_overlaps_input
 from sn5dask.lock import RunLock
-from sn5dask.manifest import ChipEntry, Manifest
+from sn5dask.manifest import ChipEntry, Manifest, OutputState
 from sn5dask.stretch import band_cut
 from sn5dask.versions import versions
 
@@ -112,7 +112,8 @@ def run(
     reporter = reporter or LogReporter()
     if client is None:
         prepare_local_workers(config.scheduler)  # its imports overlap with discovery
-    catalogs = discover(config.root, list(config.aois) or None)
+    catalogs = discover(config.root, list(config.aois) or None, exclude=config.out)
+    check_outputs_apart_from_inputs(config, catalogs)
     files.makedirs(config.out)
     context = nullcontext(client) if client is not None else get_client(
         config.scheduler, config.workers
@@ -126,6 +127,17 @@ def run(
             for catalog in catalogs
         ]
         return RunSummary(summaries, active.dashboard_link)
+
+
+def check_outputs_apart_from_inputs(config: RunConfig, catalogs: list[AoiCatalog]) -> None:
+    """Refuse (before any cluster starts) an OUT whose outputs could overwrite inputs."""
+    for catalog in catalogs:
+        problem = output_overlaps_input(config.out, catalog.aoi, input_folders(catalog))
+        if problem:
+            raise ConfigError(
+                f"--out {config.out}: {problem}; outputs there could overwrite inputs. "
+                "Choose an --out outside the dataset's AOI folders"
+            )
 
 
 def run_aoi(
@@ -143,6 +155,8 @@ def run_aoi(
     writer = writer or FileWriter()
     layout = AoiLayout(config.out, catalog.aoi)
     files.makedirs(layout.folder)
+    if not catalog.chips:  # labels without any image: reported, nothing to make
+        return record_orphan_labels(config, catalog, layout, writer, reporter, started)
     with RunLock(layout.lock_url):
         files.remove_partials(layout.folder)  # left by a run that was killed mid-write
         previous = read_previous_manifest(layout, writer)
@@ -150,11 +164,7 @@ def run_aoi(
         stats = scan_aoi(client, catalog, config, reader)
         scan_seconds = time.perf_counter() - scan_started
         params = run_params(config, catalog, stats)
-        if previous is not None and not config.overwrite:
-            previous.check_params(params)
-        done = {} if previous is None or config.overwrite else previous.done_entries(
-            params, layout, writer.exists
-        )
+        done = resumable_chips(previous, params, config, catalog, layout, writer)
         done = prepare_store(config, catalog, layout, writer, stats, params, done)
         write_stats(layout, writer, catalog, config, stats, params)
         manifest = start_manifest(config, catalog, params, stats, done)
@@ -190,21 +200,94 @@ def run_aoi(
 
 # -- the steps ---------------------------------------------------------------------------
 
-def read_previous_manifest(layout: AoiLayout, writer: OutputWriter) -> Manifest | None:
-    """The previous run's manifest; None when there is none, or when it cannot be read
-    (then nothing counts as done and every chip is redone)."""
+def record_orphan_labels(
+    config: RunConfig,
+    catalog: AoiCatalog,
+    layout: AoiLayout,
+    writer: OutputWriter,
+    reporter: Reporter,
+    started: float,
+) -> AoiSummary:
+    """An AOI with label files but no image: a manifest that lists them, and a summary."""
+    with RunLock(layout.lock_url):
+        manifest = Manifest(
+            aoi=catalog.aoi, params=config.output_params(), root=config.root,
+            orphan_labels=catalog.orphan_labels,
+        )  # fmt: skip
+        write_manifest(manifest, layout, writer, final=True)
+    reporter.aoi_started(catalog.aoi, 0, 0)
+    summary = AoiSummary(
+        aoi=catalog.aoi, manifest=layout.manifest_url, counts=manifest.counts(),
+        seconds=time.perf_counter() - started, processed=0, orphan_labels=catalog.orphan_labels,
+    )  # fmt: skip
+    reporter.aoi_finished(summary)
+    return summary
+
+
+def read_previous_manifest(layout: AoiLayout, writer: OutputWriter) -> Manifest | ManifestError | None:
+    """The previous run's manifest; None when there is none; the `ManifestError` when one
+    exists but cannot be read or parsed (what that means is decided with the params)."""
     try:
         document = read_json(writer, layout.manifest_url)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        log.warning("%s: unreadable (%s): every chip will be redone", layout.manifest_url, exc)
-        return None
+        return ManifestError(f"{layout.manifest_url}: unreadable ({exc})")
     try:
         return Manifest.parse(document, layout.manifest_url)
     except ManifestError as exc:
-        log.warning("%s: every chip will be redone", exc)
-        return None
+        return exc
+
+
+def resumable_chips(
+    previous: Manifest | ManifestError | None,
+    params: dict[str, Any],
+    config: RunConfig,
+    catalog: AoiCatalog,
+    layout: AoiLayout,
+    writer: OutputWriter,
+) -> dict[str, ChipEntry]:
+    """The chips a re-run may skip, verified against what is on disk; raises when the
+    previous outputs were made with other params (or cannot be told apart from such)."""
+    if previous is None or config.overwrite:
+        return {}
+    if isinstance(previous, ManifestError):
+        check_damaged_manifest(previous, params, layout, writer)
+        return {}
+    previous.check_params(params, layout.manifest_url)
+    state = OutputState(
+        file_sizes=writer.file_sizes(layout.folder, skip=layout.zarr_url),
+        zarr_chips=writer.zarr_written_chips(layout.zarr_url) if "zarr" in config.formats else frozenset(),
+    )
+    return previous.done_entries(params, {c.chip_id: c for c in catalog.chips}, layout, state)
+
+
+def check_damaged_manifest(
+    damage: ManifestError, params: dict[str, Any], layout: AoiLayout, writer: OutputWriter
+) -> None:
+    """A damaged manifest is not "no previous run": stats.json, or outputs on disk, may say
+    a run with other parameters happened. Stop unless they show the same parameters."""
+    try:
+        stats = read_json(writer, layout.stats_url)
+        old_params = stats["params"]
+        if not isinstance(old_params, dict):
+            raise ValueError("params is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = {layout.manifest_url, layout.stats_url, layout.lock_url}
+        outputs = [url for url in writer.file_sizes(layout.folder) if url not in ours]
+        if outputs:
+            raise ConfigError(
+                f"{damage}; with no readable {layout.stats_url} nothing tells how the "
+                f"{len(outputs)} file(s) in {layout.folder} were made. Re-run with --overwrite "
+                "to redo them, or choose another --out"
+            ) from None
+        log.warning("%s; no outputs found: every chip will be made", damage)
+        return
+    try:
+        Manifest(aoi=layout.aoi, params=old_params).check_params(params, layout.stats_url)
+    except ParamsChangedError as exc:
+        raise ParamsChangedError(f"{damage}; {exc}") from None
+    log.warning("%s; stats.json shows the same parameters: every chip will be redone", damage)
 
 
 def scan_aoi(client: Client, catalog: AoiCatalog, config: RunConfig, reader: ChipReader) -> AoiStats:

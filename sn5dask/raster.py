@@ -134,10 +134,16 @@ def _validate(path: str, src: rasterio.DatasetReader, bands: Sequence[int]) -> C
     )
 
 
+def _open(path: str) -> rasterio.DatasetReader:
+    if "://" not in path:
+        files.require_regular_file(path)
+    return rasterio.open(path)
+
+
 def read_header(path: str, bands: Sequence[int] = ()) -> ChipHeader:
     """Open a chip, validate it for `bands` and return its header (no pixels read)."""
     try:
-        with gdal_env(), rasterio.open(path) as src:
+        with gdal_env(), _open(path) as src:
             return _validate(path, src, bands)
     except (RasterioError, OSError) as exc:
         raise ImageError(path, f"cannot be read as a raster ({_describe(exc)})") from None
@@ -152,7 +158,7 @@ def read_chip(
     no more; with `all_bands` the caller selects `bands` from the result itself.
     """
     try:
-        with gdal_env(), rasterio.open(path) as src:
+        with gdal_env(), _open(path) as src:
             header = _validate(path, src, bands)
             data = src.read() if all_bands else src.read(list(bands))
             PIXEL_READS[path] += 1
@@ -232,10 +238,11 @@ def write_geotiff(
     nodata: float | None = None,
     photometric: str | None = None,
     is_mask: bool = False,
-) -> None:
+) -> int:
     """Encode (`encode_geotiff`) and write atomically (`.partial` + rename locally, one PUT
-    on S3)."""
+    on S3); returns the file's size in bytes."""
     data = encode_geotiff(
         array, header, compress=compress, nodata=nodata, photometric=photometric, is_mask=is_mask
     )
     files.write_bytes_atomic(url, data)
+    return len(data)

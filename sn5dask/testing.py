@@ -128,12 +128,13 @@ class MemoryWriter:
         is_mask: bool = False,
         nodata: float | None = None,
         photometric: str | None = None,
-    ) -> None:
+    ) -> int:
         self._check(url)
         if array.ndim == 2:
             array = array[np.newaxis]
         options = {"compress": compress, "is_mask": is_mask, "nodata": nodata, "photometric": photometric}
         self.files[url] = FakeGeoTiff(array.copy(), header, options)
+        return array.nbytes
 
     def create_zarr(
         self,
@@ -186,6 +187,21 @@ class MemoryWriter:
     def exists(self, url: str) -> bool:
         return url in self.files
 
+    def file_sizes(self, folder_url: str, *, skip: str | None = None) -> dict[str, int]:
+        sizes = {}
+        for url, value in list(self.files.items()):
+            if not url.startswith(folder_url.rstrip("/") + "/") or (skip and url.startswith(skip)):
+                continue
+            if isinstance(value, FakeGeoTiff):
+                sizes[url] = value.array.nbytes
+            elif isinstance(value, bytes):
+                sizes[url] = len(value)
+        return sizes
+
+    def zarr_written_chips(self, url: str) -> frozenset[int]:
+        store = self.files.get(url)
+        return frozenset(store["regions"]) if isinstance(store, dict) else frozenset()
+
     def _check(self, url: str) -> None:
         for suffix, error in self.failures.items():
             if url.endswith(suffix):
@@ -227,10 +243,11 @@ def fake_aoi(
             nodata=(None,) * chip.image.shape[0],
         )
         reader.add_image(image, header, chip.image)
-        label = None
+        label = label_stamp = None
         if chip.label is not None:
             label = f"mem://{aoi}/geojson_roads_speed/{chip.label_name}"
             reader.labels[label] = json.dumps(chip.label).encode()
+            label_stamp = f"{len(reader.labels[label])}:fake"
         catalog.chips.append(
             ChipRecord(
                 aoi=aoi,
@@ -238,6 +255,8 @@ def fake_aoi(
                 image=image,
                 label=label,
                 output_name=output_name(chip.image_name),
+                image_stamp=f"{chip.image.nbytes}:fake",
+                label_stamp=label_stamp,
             )
         )
     return FakeAoi(catalog, reader)

@@ -134,6 +134,23 @@ def chunk_key(name: str, index: int, ndim: int) -> tuple[str, ...]:
     return (name, "c", str(index), *("0",) * (ndim - 1))
 
 
+def written_chips(url: str) -> frozenset[int]:
+    """Indexes of the chips whose chunk exists in every data array (`rgb`, `mask_*`) of the
+    store: a chunk never written reads as zeros, so existence is the evidence."""
+    from sn5dask import files
+
+    by_array: dict[str, set[int]] = {}
+    for key in files.find(url):
+        parts = key.split("/")
+        if len(parts) >= 3 and parts[1] == "c" and (parts[0] == "rgb" or parts[0].startswith("mask_")):
+            by_array.setdefault(parts[0], set()).add(int(parts[2]))
+        elif len(parts) == 2 and parts[1] == "zarr.json" and (parts[0] == "rgb" or parts[0].startswith("mask_")):
+            by_array.setdefault(parts[0], set())
+    if not by_array:
+        return frozenset()
+    return frozenset(set.intersection(*by_array.values()))
+
+
 def store_chip_ids(url: str) -> list[str] | None:
     """The chip ids of an existing store, or None when there is none (or it is unreadable)."""
     try:

@@ -149,8 +149,12 @@ def test_a_failed_write_fails_the_chip_naming_the_error(fake, tmp_path) -> None:
 
 
 def test_manifest_entry_is_the_typed_model(fake, writer, tmp_path) -> None:
-    result = process_chip(fake.catalog.chips[0], job_for(fake, writer, tmp_path))
+    job = job_for(fake, writer, tmp_path)
+    result = process_chip(fake.catalog.chips[0], job)
     entry = result.entry
     document = entry.as_json()
     assert json.loads(json.dumps(document)) == document and "percentiles" not in document
-    assert list(document) == ["status", "image", "label", "reason", "warnings", "zero_fraction", "outputs"]
+    assert list(document) == ["status", "image", "label", "reason", "warnings", "zero_fraction", "outputs",
+                              "output_bytes", "image_stamp", "label_stamp"]
+    assert document["output_bytes"] == {k: writer.files[job.layout.url(v)].array.nbytes
+                                        for k, v in document["outputs"].items()}

@@ -8,7 +8,8 @@ import pytest
 
 from sn5dask.errors import ManifestError, ParamsChangedError
 from sn5dask.layout import AoiLayout
-from sn5dask.manifest import ChipEntry, Manifest
+from sn5dask.catalog import ChipRecord
+from sn5dask.manifest import ChipEntry, Manifest, OutputState
 
 PARAMS = {"profile": "sn5dask", "bands": [5, 3, 2], "percentiles": [2.0, 98.0],
           "aoi_percentiles": {"5": [1.0, 9.0]}}
@@ -43,20 +44,44 @@ def test_wrong_shapes_are_one_clear_error(document, problem) -> None:
     assert problem in str(info.value)
 
 
-def test_done_entries_need_same_params_and_every_output() -> None:
+def chip(chip_id: str, image_stamp: str = "10:1", label_stamp: str | None = "5:1") -> ChipRecord:
+    return ChipRecord("AOI_7_Moscow", chip_id, f"/in/{chip_id}.tif", f"/in/{chip_id}.geojson",
+                      f"{chip_id}.tif", image_stamp=image_stamp, label_stamp=label_stamp)
+
+
+def entry(chip_id: str, **fields) -> dict:
+    return {"status": "ok", "image": f"/in/{chip_id}.tif", "label": f"/in/{chip_id}.geojson",
+            "image_stamp": "10:1", "label_stamp": "5:1", **fields}
+
+
+def test_done_entries_are_verified_not_trusted() -> None:
     m = manifest(
-        chip0={"status": "ok", "outputs": {"rgb": "PS-RGB/a.tif", "zarr": "AOI_7_Moscow.zarr#0"}},
-        chip1={"status": "ok", "outputs": {"rgb": "PS-RGB/b.tif"}},
-        chip2={"status": "failed", "outputs": {}},
-        chip3={"status": "skipped", "outputs": {"binary": "masks/binary/d.tif"}},
-        chip4={"status": "ok", "outputs": {"rgb": "../../etc/passwd"}},
-        chip5={"status": "ok", "outputs": {"zarr": "AOI_7_Moscow.zarr#x"}},
+        ok=entry("ok", outputs={"rgb": "PS-RGB/a.tif", "zarr": "AOI_7_Moscow.zarr#0"}, output_bytes={"rgb": 100}),
+        truncated=entry("truncated", outputs={"rgb": "PS-RGB/b.tif"}, output_bytes={"rgb": 100}),
+        failed={**entry("failed"), "status": "failed"},
+        skipped={**entry("skipped", outputs={"binary": "masks/binary/d.tif"}, output_bytes={"binary": 7}),
+                 "status": "skipped"},
+        escaping=entry("escaping", outputs={"rgb": "../../etc/passwd"}, output_bytes={"rgb": 100}),
+        badref=entry("badref", outputs={"zarr": "AOI_7_Moscow.zarr#x"}),
+        nochunk=entry("nochunk", outputs={"zarr": "AOI_7_Moscow.zarr#5"}),
+        image_changed=entry("image_changed"),
+        label_changed=entry("label_changed"),
+        renamed=entry("renamed"),
+        old_version={k: v for k, v in entry("old_version").items() if not k.endswith("stamp")},
     )
-    present = {"/out/AOI_7_Moscow/PS-RGB/a.tif", "/out/AOI_7_Moscow/AOI_7_Moscow.zarr",
-               "/out/AOI_7_Moscow/masks/binary/d.tif"}
-    done = m.done_entries(PARAMS, LAYOUT, present.__contains__)
-    assert sorted(done) == ["chip0", "chip3"]
-    assert m.done_entries({**PARAMS, "bands": [7, 5, 3]}, LAYOUT, present.__contains__) == {}
+    chips = {c.chip_id: c for c in [chip(i) for i in m.chips if i not in ("image_changed", "label_changed", "renamed")]}
+    chips["image_changed"] = chip("image_changed", image_stamp="10:2")
+    chips["label_changed"] = chip("label_changed", label_stamp="6:1")
+    chips["renamed"] = ChipRecord("AOI_7_Moscow", "renamed", "/in/other.tif", "/in/renamed.geojson", "x.tif",
+                                  image_stamp="10:1", label_stamp="5:1")
+    state = OutputState(
+        file_sizes={"/out/AOI_7_Moscow/PS-RGB/a.tif": 100, "/out/AOI_7_Moscow/PS-RGB/b.tif": 50,
+                    "/out/AOI_7_Moscow/masks/binary/d.tif": 7},
+        zarr_chips=frozenset({0}),
+    )
+    done = m.done_entries(PARAMS, chips, LAYOUT, state)
+    assert sorted(done) == ["ok", "skipped"]
+    assert m.done_entries({**PARAMS, "bands": [7, 5, 3]}, chips, LAYOUT, state) == {}
 
 
 def test_malformed_zarr_reference_is_a_manifest_error() -> None:
