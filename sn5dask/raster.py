@@ -134,10 +134,27 @@ def _validate(path: str, src: rasterio.DatasetReader, bands: Sequence[int]) -> C
     )
 
 
-def _open(path: str) -> rasterio.DatasetReader:
+def gdal_path(url: str) -> str:
+    """The GDAL name of a chip: `s3://b/k` -> `/vsis3/b/k` (given to GDAL as it is, so a key
+    holding `#` or `?` is not cut at a URL fragment or query, as rasterio's URL parsing
+    would); other paths unchanged."""
+    if url.startswith("s3://"):
+        return "/vsis3/" + url[len("s3://") :]
+    return url
+
+
+@contextmanager
+def _open(path: str) -> Iterator[rasterio.DatasetReader]:
     if "://" not in path:
         files.require_regular_file(path)
-    return rasterio.open(path)
+    if path.startswith("s3://") and "?" in path:
+        # GDAL's /vsis3/ cuts a name at "?" (its option syntax) whatever the escaping:
+        # such an object is fetched whole through fsspec and opened from memory.
+        with MemoryFile(files.read_bytes(path)) as memfile, memfile.open() as src:
+            yield src
+        return
+    with rasterio.open(gdal_path(path)) as src:
+        yield src
 
 
 def read_header(path: str, bands: Sequence[int] = ()) -> ChipHeader:

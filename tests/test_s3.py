@@ -114,3 +114,29 @@ def test_open_aoi_on_s3_reads_headers_on_the_workers_under_the_gdal_env(small_ao
         assert np.array_equal(pixels, src.read([5, 3, 2]))
         chip = sn5dask.chip_dataarray(aoi, "chip2")
         assert chip.rio.transform() == src.transform and chip.rio.crs == src.crs
+
+
+def test_keys_with_hash_and_question_mark_are_read(small_aoi, s3_env, tmp_path) -> None:
+    """`#` and `?` are ordinary characters of an S3 key: not a URL fragment or query."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
+    s3.create_bucket(Bucket="oddkeys")
+    pairs = list(zip(small_aoi.images[:2], small_aoi.labels[:2], strict=True))
+    for i, (image, label) in enumerate(pairs):
+        s3.upload_file(str(image), "oddkeys", f"in/Vegas #1?/PS-MS/SN5 v#2?_PS-MS_chip{i}.tif")
+        s3.upload_file(str(label), "oddkeys", f"in/Vegas #1?/geojson_roads_speed/SN5 v#2?_geojson_roads_speed_chip{i}.geojson")
+    process = sn5dask_cli("run", "s3://oddkeys/in", "--out", tmp_path / "out", "--workers", "1",
+                          "--formats", "geotiff", env=s3_env)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    manifest = json.loads((tmp_path / "out" / "Vegas_1" / "manifest.json").read_text())
+    assert manifest["counts"] == {"ok": 2, "skipped": 0, "failed": 0}
+    for i, (image, _) in enumerate(pairs):
+        entry = manifest["chips"][f"chip{i}"]
+        assert entry["image"] == f"s3://oddkeys/in/Vegas #1?/PS-MS/SN5 v#2?_PS-MS_chip{i}.tif"
+        assert {"rgb", "binary", "multichannel"} <= set(entry["outputs"])
+        with rasterio.open(image) as src, rasterio.open(tmp_path / "out" / "Vegas_1" / entry["outputs"]["rgb"]) as rgb:
+            assert rgb.transform == src.transform and rgb.read().any()
