@@ -16,7 +16,7 @@ import numpy as np
 
 from sn5dask.catalog import ChipRecord
 from sn5dask.chipio import ChipReader
-from sn5dask.errors import guard_chip
+from sn5dask.errors import TooFewBandsError, guard_chip
 from sn5dask.raster import ChipHeader
 from sn5dask.stretch import UINT16_BINS, band_histograms, percentiles_from_histogram
 
@@ -29,6 +29,8 @@ class AoiScan:
     dtypes: set[str] = field(default_factory=set)
     headers: dict[str, ChipHeader] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    #: chips that have too few bands for `--bands`: chip id -> their band count
+    band_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class AoiStats:
     valid_pixels: dict[int, int] | None
     headers: dict[str, ChipHeader]
     errors: dict[str, str]
+    band_counts: dict[str, int] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -74,9 +77,13 @@ def scan_chip(
         return scan
 
     def read() -> tuple[ChipHeader, np.ndarray | None]:
-        if not with_histogram:
-            return reader.read_header(chip.image, bands), None
-        header, data = reader.read_bands(chip.image, bands)
+        try:
+            if not with_histogram:
+                return reader.read_header(chip.image, bands), None
+            header, data = reader.read_bands(chip.image, bands)
+        except TooFewBandsError as exc:
+            scan.band_counts[chip.chip_id] = exc.count
+            raise
         nodata = [header.nodata[b - 1] for b in bands] if use_nodata else None
         hist = band_histograms(data, nodata)
         if hist.shape[1] != UINT16_BINS:  # uint8 chip: pad to the common bin count
@@ -104,6 +111,7 @@ def combine_scans(*scans: AoiScan) -> AoiScan:
         out.dtypes |= scan.dtypes
         out.headers.update(scan.headers)
         out.errors.update(scan.errors)
+        out.band_counts.update(scan.band_counts)
     return out
 
 
@@ -129,4 +137,5 @@ def finalize_scan(
         valid_pixels=valid,
         headers=scan.headers,
         errors=scan.errors,
+        band_counts=scan.band_counts,
     )

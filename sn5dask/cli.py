@@ -40,6 +40,7 @@ app = typer.Typer(
 out_console = Console()
 err_console = Console(stderr=True)
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class RichReporter:
@@ -56,19 +57,31 @@ class RichReporter:
             transient=False,
         )
         self.tasks: dict[str, TaskID] = {}
+        #: chips finished (any status, this run or before) and chips in total, all AOIs
+        self.finished = 0
+        self.total = 0
 
     def cluster(self, dashboard_link: str | None) -> None:
-        err_console.print(f"dask dashboard: [link={dashboard_link}]{dashboard_link}[/link]")
+        err_console.print(
+            f"dask dashboard (while this run lasts): [link={dashboard_link}]{dashboard_link}[/link]"
+        )
 
-    def aoi_started(self, aoi: str, total: int, already_done: int) -> None:
+    def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
         if not self.tasks:
             self.progress.start()
-        self.tasks[aoi] = self.progress.add_task(aoi, total=total, completed=already_done, failed=0)
+        # Chips the scan could not read are failed before any chip task: counted as the
+        # summary table counts them.
+        self.tasks[aoi] = self.progress.add_task(
+            aoi, total=total, completed=already_done + already_failed, failed=already_failed
+        )
+        self.finished += already_done + already_failed
+        self.total += total
 
     def chip_finished(self, aoi: str, result: ChipResult) -> None:
         task = self.tasks[aoi]
         failed = self.progress.tasks[task].fields["failed"] + (result.status == "failed")
         self.progress.update(task, advance=1, failed=failed)
+        self.finished += 1
 
     def aoi_finished(self, summary: AoiSummary) -> None:
         task = self.tasks.get(summary.aoi)
@@ -100,24 +113,24 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 @app.command()
 def run(
-    root: Annotated[Optional[str], typer.Argument(help="Dataset root: a folder or s3://bucket/prefix")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", help="Output folder or s3:// URL")] = None,
-    aoi: Annotated[Optional[list[str]], typer.Option("--aoi", help="Only this AOI (repeatable)")] = None,
-    scheduler: Annotated[Optional[str], typer.Option(help="Scheduler address (else DASK_SCHEDULER_ADDRESS, else a LocalCluster)")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="LocalCluster worker processes (default: one per core)")] = None,
-    profile: Annotated[Optional[str], typer.Option(help="sn5dask (default) or cresi")] = None,
-    stretch: Annotated[Optional[str], typer.Option(help="aoi or chip (default: the profile's)")] = None,
-    percentiles: Annotated[Optional[str], typer.Option(help="Two percentiles, e.g. 2,98")] = None,
-    bands: Annotated[Optional[str], typer.Option(help="Output bands, 1-based, e.g. 5,3,2")] = None,
-    masks: Annotated[Optional[str], typer.Option(help="binary,continuous,binned,multichannel or none")] = None,
-    buffer_m: Annotated[Optional[float], typer.Option("--buffer-m", help="Road buffer in metres")] = None,
-    default_speed: Annotated[Optional[float], typer.Option(help="mph for roads without a usable speed")] = None,
-    speed_field: Annotated[Optional[str], typer.Option(help="Read speed (mph) from this property")] = None,
-    formats: Annotated[Optional[str], typer.Option(help="geotiff,zarr")] = None,
-    compress: Annotated[Optional[str], typer.Option(help="deflate, zstd, lzw or none")] = None,
-    max_label_mb: Annotated[Optional[float], typer.Option("--max-label-mb", help="Label files over this fail their chip")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace outputs made with other parameters")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML run config (flags override it)")] = None,
+    root: Annotated[Optional[str], typer.Argument(metavar="ROOT", show_default=False, help="Dataset root: a folder or s3://bucket/prefix holding AOI folders (required; or root: in --config)")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", show_default=False, help="Output folder or s3:// URL (required; or out: in --config)")] = None,
+    aoi: Annotated[Optional[list[str]], typer.Option("--aoi", show_default="every AOI found", help="Only this AOI (repeatable)")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(show_default="DASK_SCHEDULER_ADDRESS, else a LocalCluster", help="Scheduler address, e.g. tcp://host:8786")] = None,
+    workers: Annotated[Optional[int], typer.Option(show_default="one per core", help="LocalCluster worker processes")] = None,
+    profile: Annotated[Optional[str], typer.Option(show_default="sn5dask", help="sn5dask or cresi (CRESI's pixels, bit for bit)")] = None,
+    stretch: Annotated[Optional[str], typer.Option(show_default="the profile's: aoi for sn5dask, chip for cresi", help="Percentile scope: aoi or chip")] = None,
+    percentiles: Annotated[Optional[str], typer.Option(show_default="2,98", help="The two stretch percentiles, low,high")] = None,
+    bands: Annotated[Optional[str], typer.Option(show_default="5,3,2", help="Output bands of the image, 1-based")] = None,
+    masks: Annotated[Optional[str], typer.Option(show_default="binary,continuous,binned,multichannel", help="Mask kinds to write, or none")] = None,
+    buffer_m: Annotated[Optional[float], typer.Option("--buffer-m", show_default="2", help="Road buffer in metres")] = None,
+    default_speed: Annotated[Optional[float], typer.Option(show_default="none: such roads only in binary", help="mph for roads without a usable speed")] = None,
+    speed_field: Annotated[Optional[str], typer.Option(show_default="inferred_speed_mph, inferred_speed_mps, SN3 inference", help="Read each road's speed (mph) from this property")] = None,
+    formats: Annotated[Optional[str], typer.Option(show_default="geotiff,zarr", help="Outputs to write: geotiff, zarr or both")] = None,
+    compress: Annotated[Optional[str], typer.Option(show_default="deflate", help="GeoTIFF codec: deflate, zstd, lzw or none")] = None,
+    max_label_mb: Annotated[Optional[float], typer.Option("--max-label-mb", show_default="64", help="Label files over this size fail their chip")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", show_default=False, help="Replace outputs made with other parameters")] = None,
+    config: Annotated[Optional[Path], typer.Option(show_default=False, help="YAML run config with the same options (flags win)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every warning")] = False,
 ) -> None:
     """Make 8-bit RGB chips and road masks for every AOI under ROOT."""
@@ -148,6 +161,12 @@ def _run_and_report(cfg: RunConfig) -> int:
     started = time.perf_counter()
     try:
         summary = run_pipeline(cfg, reporter=reporter)
+    except KeyboardInterrupt:
+        reporter.stop()
+        done = f"after {reporter.finished} of {reporter.total} chips" if reporter.total else "before any chip"
+        raise _fail(
+            f"interrupted {done}; run the same command again to resume", EXIT_INTERRUPTED
+        ) from None
     except (ConfigError, LockError, ParamsChangedError) as exc:
         reporter.stop()
         raise _fail(str(exc)) from None
@@ -166,7 +185,7 @@ def _run_and_report(cfg: RunConfig) -> int:
 def _print_summary(summary: RunSummary, seconds: float) -> None:
     table = Table(title=f"sn5dask run ({seconds:.1f} s)")
     table.add_column("AOI", overflow="fold")
-    for column in ("ok", "skipped", "failed", "seconds", "chips/s"):
+    for column in ("ok", "skipped", "failed", "made now", "seconds", "chips/s"):
         table.add_column(column, justify="right")
     for aoi in summary.aois:
         table.add_row(
@@ -174,11 +193,15 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
             str(aoi.counts.get("ok", 0)),
             str(aoi.counts.get("skipped", 0)),
             str(aoi.counts.get("failed", 0)),
+            str(aoi.processed),
             f"{aoi.seconds:.1f}",
-            f"{aoi.chips_per_second:.2f}",
+            f"{aoi.chips_per_second:.2f}" if aoi.processed else "-",
         )
     out_console.print(table)
     for aoi in summary.aois:
+        total = sum(aoi.counts.values())
+        if total and not aoi.processed and not aoi.counts.get("failed"):
+            out_console.print(f"{aoi.aoi}: all {total} chips already done (nothing to do)")
         out_console.print(f"{aoi.aoi} manifest: {aoi.manifest}", highlight=False, soft_wrap=True)
         for chip_id, reason in aoi.failures:
             out_console.print(
@@ -194,21 +217,28 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Argument(help="Where to write the synthetic input and the outputs")] = Path("sn5dask-demo"),
-    chips: Annotated[int, typer.Option(help="Number of synthetic chips")] = 6,
-    size: Annotated[int, typer.Option(help="Chip size in pixels")] = 1300,
-    workers: Annotated[Optional[int], typer.Option(help="LocalCluster worker processes")] = None,
+    chips: Annotated[int, typer.Option(min=1, help="Number of synthetic chips")] = 6,
+    size: Annotated[int, typer.Option(min=16, help="Chip side in pixels")] = 1300,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="LocalCluster worker processes (default: one per core)")] = None,
     profile: Annotated[str, typer.Option(help="sn5dask or cresi")] = "sn5dask",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace outputs made with other parameters")] = False,
 ) -> None:
-    """Generate a synthetic AOI and run the whole job on it (a LocalCluster)."""
+    """Generate a synthetic AOI (reused when already there and intact) and run the whole
+    job on it on a LocalCluster."""
     from sn5dask.cluster import prepare_local_workers
     from sn5dask.config import load_config
-    from sn5dask.synthetic import make_synthetic_aoi
+    from sn5dask.synthetic import ensure_synthetic_aoi
 
     _setup_logging(False)
+    if out.exists() and not out.is_dir():
+        raise _fail(f"{out} is a file, not a folder: give the demo a folder to write into")
     prepare_local_workers()  # the workers' imports overlap with making the synthetic AOI
-    synthetic = make_synthetic_aoi(out / "input", n_chips=chips, size=size)
-    err_console.print(f"synthetic AOI {synthetic.aoi}: {len(synthetic.images)} chips in {out / 'input'}")
+    try:
+        synthetic, reused = ensure_synthetic_aoi(out / "input", n_chips=chips, size=size)
+    except OSError as exc:
+        raise _fail(f"{out / 'input'}: cannot write the synthetic AOI ({exc.strerror or exc})") from None
+    state = "reused (already there and intact)" if reused else "written"
+    err_console.print(f"synthetic AOI {synthetic.aoi}: {len(synthetic.images)} chips {state} in {out / 'input'}")
     try:
         cfg = load_config(
             None, root=str(out / "input"), out=str(out / "output"), workers=workers,

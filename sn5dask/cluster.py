@@ -12,6 +12,8 @@ import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -92,6 +94,24 @@ def _environ(extra: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while worker processes start, so they keep ignoring it: a Ctrl-C in
+    the terminal reaches the whole process group, and only the client should act on it
+    (it records what finished and closes the cluster). Without this each worker prints a
+    KeyboardInterrupt traceback. Python keeps an inherited SIG_IGN, and the fork server
+    hands its children the disposition it started with. (Only the main thread may set
+    signal handlers; elsewhere this does nothing.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def start_worker_server() -> None:
     """Start the fork server for local workers now, so its imports overlap with whatever
     the client does next (discovery, the scheduler's own start). Idempotent and cheap
@@ -105,7 +125,7 @@ def start_worker_server() -> None:
     if worker_start_method() != "forkserver":
         return
     multiprocessing.set_forkserver_preload(list(WORKER_MODULES))
-    with _environ(worker_process_environ()):
+    with _environ(worker_process_environ()), _sigint_ignored():
         multiprocessing.forkserver.ensure_running()
 
 
@@ -152,7 +172,7 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
     # only while the worker processes start, and as each worker's `env`.
     local_config = {_PRE_SPAWN_KEY: {}, _METHOD_KEY: worker_start_method()}
     with dask.config.set(local_config):
-        with _environ(process_environ):
+        with _environ(process_environ), _sigint_ignored():
             cluster = LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=1,

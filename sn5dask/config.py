@@ -8,6 +8,8 @@ GEOS or PROJ bindings.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,18 +46,32 @@ class RunConfig(BaseModel):
     percentiles: tuple[float, float] = (2.0, 98.0)
     bands: tuple[int, ...] = (5, 3, 2)
     masks: tuple[str, ...] = MASK_KINDS
-    buffer_m: float = Field(default=2.0, gt=0)
-    default_speed: float | None = Field(default=None, gt=0)
+    buffer_m: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    default_speed: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     speed_field: str | None = None
     formats: tuple[str, ...] = FORMATS
     compress: Literal["deflate", "zstd", "lzw", "none"] = "deflate"
-    max_label_mb: float = Field(default=64.0, gt=0)
+    max_label_mb: float = Field(default=64.0, gt=0, allow_inf_nan=False)
     overwrite: bool = False
 
     @field_validator("aois", "bands", "percentiles", "masks", "formats", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("out")
+    @classmethod
+    def _out_is_a_folder(cls, value: str) -> str:
+        if "://" not in value and os.path.exists(value) and not os.path.isdir(value):
+            raise ValueError(f"{value} is a file, not a folder: choose a folder for the outputs")
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_scheduler_address(value, "--scheduler")
+        return value
 
     @field_validator("aois")
     @classmethod
@@ -139,6 +155,65 @@ class RunConfig(BaseModel):
         }
 
 
+_SCHEDULER_ADDRESS_RE = re.compile(
+    r"^(?:(?:tcp|tls|ucx|inproc|ws|wss)://)?"  # distributed's protocols
+    r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])"  # host name, IPv4, or [IPv6]
+    r"(?::(?P<port>\d{1,5}))?/?$"
+)
+
+
+def check_scheduler_address(address: str, source: str) -> None:
+    """`ConfigError` naming `source` unless `address` looks like a scheduler address
+    (`tcp://host:8786`, `host:8786`, `tls://...`)."""
+    match = _SCHEDULER_ADDRESS_RE.match(address.strip())
+    if match is None or (match.group("port") and not 0 < int(match.group("port")) < 65536):
+        raise ConfigError(
+            f"{source} {address!r} is not a scheduler address: give one like tcp://host:8786"
+        )
+
+
+#: How each field is named to the user (flag names; ROOT is the argument).
+_FLAG_NAMES = {"root": "ROOT", "aois": "--aoi"}
+_PLAIN_MESSAGES = (
+    ("Field required", "is required"),
+    ("Input should be a finite number", "must be a finite number"),
+    ("Input should be greater than or equal to", "must be at least"),
+    ("Input should be greater than", "must be greater than"),
+    ("Input should be a valid integer", "must be a whole number"),
+    ("Input should be a valid number", "must be a number"),
+    ("Input should be a valid boolean", "must be true or false"),
+    ("Extra inputs are not permitted", "is not an option of sn5dask run"),
+    ("Input should be", "must be"),
+)
+
+
+def flag_name(field: str) -> str:
+    return _FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def plain_problems(exc: ValidationError, file_keys: frozenset[str] = frozenset()) -> str:
+    """pydantic's findings in plain words, each naming the flag (`--buffer-m must be a
+    finite number (got inf)`), or the key for values that came from a config file."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "config"
+        name = field if field in file_keys else flag_name(field)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        for technical, plain in _PLAIN_MESSAGES:
+            if message.startswith(technical):
+                message = plain + message[len(technical) :]
+                break
+        message = message.split(", unable to parse")[0]
+        if field == "percentiles" and error["type"] in ("missing", "too_long", "too_short"):
+            message = "takes exactly two values low,high, e.g. 2,98"
+        given = error.get("input")
+        shown = f" (got {given!r})"
+        if error["type"] == "missing" or isinstance(given, dict) or str(given) in message:
+            shown = ""
+        problems.append(f"{name} {message}{shown}")
+    return "; ".join(dict.fromkeys(problems))
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
     """Build the config from an optional YAML file, then flags (`None` = not given)."""
     values: dict[str, Any] = {}
@@ -152,13 +227,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the run config must be a mapping of option: value")
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    file_keys = frozenset(values) - frozenset(flags)
+    values.update(flags)
     try:
         return RunConfig(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
-            for err in exc.errors()
-        )
         source = f"{path}: " if path else ""
-        raise ConfigError(f"{source}invalid run configuration: {problems}") from None
+        raise ConfigError(f"{source}{plain_problems(exc, file_keys)}") from None

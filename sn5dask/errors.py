@@ -41,6 +41,14 @@ class ImageError(ChipError):
     """The chip image is unreadable or unsuitable (dtype, bands, CRS, transform)."""
 
 
+class TooFewBandsError(ImageError):
+    """The chip has fewer bands than `--bands` asks for (`count`: how many it has)."""
+
+    def __init__(self, path: str, count: int, needed: int) -> None:
+        self.count = count
+        super().__init__(path, f"has {count} band(s) but --bands asks for band {needed}")
+
+
 class LabelError(ChipError):
     """The label file exists but cannot be read, parsed or bounded."""
 

@@ -49,6 +49,18 @@ class RunLock:
         fs.pipe_file(path, payload)
         self._held = True
 
+    def check_free(self) -> None:
+        """`LockError` when another live run holds the lock (checked before a cluster is
+        started; `acquire` checks again). A stale lock of this host counts as free."""
+        fs, path = filesystem(self.url)
+        if not fs.exists(path):
+            return
+        holder = _read_holder(self.url)
+        pid = holder.get("pid")
+        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
+            return
+        raise LockError(self._held_message(path))
+
     def release(self) -> None:
         if not self._held:
             return

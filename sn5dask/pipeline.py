@@ -43,7 +43,7 @@ class Reporter(Protocol):
     """What the run tells its caller (the CLI draws it with rich; the API logs it)."""
 
     def cluster(self, dashboard_link: str | None) -> None: ...
-    def aoi_started(self, aoi: str, total: int, already_done: int) -> None: ...
+    def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None: ...
     def chip_finished(self, aoi: str, result: ChipResult) -> None: ...
     def aoi_finished(self, summary: AoiSummary) -> None: ...
 
@@ -54,8 +54,8 @@ class LogReporter:
     def cluster(self, dashboard_link: str | None) -> None:
         log.info("dask dashboard: %s", dashboard_link)
 
-    def aoi_started(self, aoi: str, total: int, already_done: int) -> None:
-        log.info("%s: %d chips (%d already done)", aoi, total, already_done)
+    def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
+        log.info("%s: %d chips (%d already done, %d unreadable)", aoi, total, already_done, already_failed)
 
     def chip_finished(self, aoi: str, result: ChipResult) -> None:
         if result.status == "failed":
@@ -114,6 +114,8 @@ def run(
         prepare_local_workers(config.scheduler)  # its imports overlap with discovery
     catalogs = discover(config.root, list(config.aois) or None, exclude=config.out)
     check_outputs_apart_from_inputs(config, catalogs)
+    for catalog in catalogs:  # fail before a cluster starts, not after
+        RunLock(AoiLayout(config.out, catalog.aoi).lock_url).check_free()
     files.makedirs(config.out)
     context = nullcontext(client) if client is not None else get_client(
         config.scheduler, config.workers
@@ -163,13 +165,16 @@ def run_aoi(
         scan_started = time.perf_counter()
         stats = scan_aoi(client, catalog, config, reader)
         scan_seconds = time.perf_counter() - scan_started
+        check_bands_exist(config, catalog, stats)
         params = run_params(config, catalog, stats)
         done = resumable_chips(previous, params, config, catalog, layout, writer)
         done = prepare_store(config, catalog, layout, writer, stats, params, done)
         write_stats(layout, writer, catalog, config, stats, params)
         manifest = start_manifest(config, catalog, params, stats, done)
         todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
-        reporter.aoi_started(catalog.aoi, len(catalog.chips), len(done))
+        reporter.aoi_started(
+            catalog.aoi, len(catalog.chips), len(done), len(manifest.chips) - len(done)
+        )
         job = ChipJob(
             config=config,
             layout=layout,
@@ -215,7 +220,7 @@ def record_orphan_labels(
             orphan_labels=catalog.orphan_labels,
         )  # fmt: skip
         write_manifest(manifest, layout, writer, final=True)
-    reporter.aoi_started(catalog.aoi, 0, 0)
+    reporter.aoi_started(catalog.aoi, 0, 0, 0)
     summary = AoiSummary(
         aoi=catalog.aoi, manifest=layout.manifest_url, counts=manifest.counts(),
         seconds=time.perf_counter() - started, processed=0, orphan_labels=catalog.orphan_labels,
@@ -302,6 +307,19 @@ def scan_aoi(client: Client, catalog: AoiCatalog, config: RunConfig, reader: Chi
     )
     stats: AoiStats = client.compute(graph).result()
     return stats
+
+
+def check_bands_exist(config: RunConfig, catalog: AoiCatalog, stats: AoiStats) -> None:
+    """When no chip of the AOI has the bands `--bands` asks for, that is the user's choice
+    to fix (one line, exit 2), not a failure of every chip."""
+    if stats.headers or not stats.band_counts:
+        return
+    counts = sorted(set(stats.band_counts.values()))
+    raise ConfigError(
+        f"--bands {','.join(map(str, config.bands))}: the chips of {catalog.aoi} have "
+        f"{' or '.join(map(str, counts))} band(s) (e.g. {catalog.chips[0].image}); "
+        f"choose bands between 1 and {max(counts)}"
+    )
 
 
 def run_params(config: RunConfig, catalog: AoiCatalog, stats: AoiStats) -> dict[str, Any]:

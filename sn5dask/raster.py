@@ -21,7 +21,7 @@ from rasterio.io import MemoryFile
 
 from sn5dask import files
 from sn5dask.config import COMPRESSIONS
-from sn5dask.errors import ImageError
+from sn5dask.errors import ImageError, TooFewBandsError
 
 if TYPE_CHECKING:
     from odc.geo.geobox import GeoBox
@@ -113,9 +113,7 @@ def _validate(path: str, src: rasterio.DatasetReader, bands: Sequence[int]) -> C
         )
     needed = max(bands) if bands else 1
     if src.count < needed:
-        raise ImageError(
-            path, f"has {src.count} band(s) but --bands asks for band {needed}"
-        )
+        raise TooFewBandsError(path, src.count, needed)
     if src.crs is None:
         raise ImageError(path, "has no CRS: cannot place labels or georeference outputs")
     t = src.transform

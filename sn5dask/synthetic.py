@@ -20,6 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -93,6 +94,44 @@ def make_synthetic_aoi(
             label_path.write_text(json.dumps(chip.label, indent=1))
             labels.append(label_path)
     return SyntheticAoi(root=root, aoi=aoi, images=images, labels=labels)
+
+
+MARKER_NAME = ".sn5dask-synthetic.json"
+
+
+def ensure_synthetic_aoi(root: str | Path, **options: Any) -> tuple[SyntheticAoi, bool]:
+    """The synthetic AOI `make_synthetic_aoi(root, **options)` writes, reused when it is
+    already there and intact; returns it and whether it was reused.
+
+    Intact: the marker file written with it records the same options, and every file it
+    lists is there with its recorded size. Anything else is written anew.
+    """
+    root = Path(root)
+    marker = root / MARKER_NAME
+    try:
+        recorded = json.loads(marker.read_text())
+        if recorded["options"] == json.loads(json.dumps(options)) and all(
+            (root / name).stat().st_size == size for name, size in recorded["files"].items()
+        ):
+            return SyntheticAoi(
+                root=root,
+                aoi=recorded["aoi"],
+                images=[root / name for name in recorded["images"]],
+                labels=[root / name for name in recorded["labels"]],
+            ), True
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    marker.unlink(missing_ok=True)
+    aoi = make_synthetic_aoi(root, **options)
+    written = [*aoi.images, *aoi.labels]
+    marker.write_text(json.dumps({
+        "options": options,
+        "aoi": aoi.aoi,
+        "images": [str(p.relative_to(root)) for p in aoi.images],
+        "labels": [str(p.relative_to(root)) for p in aoi.labels],
+        "files": {str(p.relative_to(root)): p.stat().st_size for p in written},
+    }, indent=1))  # fmt: skip
+    return aoi, False
 
 
 @dataclass(frozen=True)

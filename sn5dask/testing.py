@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from sn5dask.catalog import AoiCatalog, ChipRecord, chip_id_from_name
-from sn5dask.errors import ImageError
+from sn5dask.errors import ImageError, TooFewBandsError
 from sn5dask.layout import output_name
 from sn5dask.raster import SUPPORTED_DTYPES, ChipHeader
 
@@ -53,7 +53,7 @@ class FakeReader:
         header, _ = self._image(path)
         needed = max(bands) if bands else 1
         if header.count < needed:
-            raise ImageError(path, f"has {header.count} band(s) but --bands asks for band {needed}")
+            raise TooFewBandsError(path, header.count, needed)
         if header.dtype not in SUPPORTED_DTYPES:
             raise ImageError(path, f"unsupported pixel type {header.dtype}")
         return header

@@ -1,0 +1,152 @@
+"""What a new user meets first: every mistake is one line and exit 2 (no traceback), Ctrl-C
+is one line and exit 130, output that tells the truth, `demo` that reuses its input, help
+that shows defaults. The CLI runs as a real process, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.procs import sn5dask_cli
+
+AOI = "AOI_99_Synthetic"
+
+
+def cli(*args, timeout: float = 180, env: dict[str, str] | None = None) -> tuple[int, str]:
+    process = sn5dask_cli(*args, env=env)
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+def assert_one_line_exit_2(code: int, output: str, *words: str) -> None:
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2, output
+    assert len(lines) == 1 and lines[0].startswith("error: "), output
+    assert "Traceback" not in output and "Value error" not in output and "Field required" not in output
+    for word in words:
+        assert word in output, (word, output)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--buffer-m", "inf"], ["--buffer-m must be a finite number"]),
+    (["--max-label-mb", "inf"], ["--max-label-mb must be a finite number"]),
+    (["--buffer-m", "-1"], ["--buffer-m must be greater than 0"]),
+    (["--percentiles", "2"], ["--percentiles takes exactly two values"]),
+    (["--scheduler", "tcp//127.0.0.1:8786"], ["--scheduler", "is not a scheduler address"]),
+    (["--scheduler", "tcp://host:99999"], ["is not a scheduler address"]),
+    (["--workers", "0"], ["--workers must be at least 1"]),
+])
+def test_bad_numbers_and_addresses(small_aoi, tmp_path, args, words) -> None:
+    code, output = cli("run", small_aoi.root, "--out", tmp_path / "out", *args, timeout=60)
+    assert_one_line_exit_2(code, output, *words)
+
+
+def test_out_that_is_a_file(small_aoi, tmp_path) -> None:
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    code, output = cli("run", small_aoi.root, "--out", target, timeout=60)
+    assert_one_line_exit_2(code, output, "is a file, not a folder")
+    code, output = cli("demo", target, timeout=60)
+    assert_one_line_exit_2(code, output, "is a file, not a folder")
+
+
+def test_demo_with_no_chips(tmp_path) -> None:
+    code, output = cli("demo", tmp_path / "d", "--chips", "0", timeout=60)
+    assert code == 2 and "--chips" in output and "Traceback" not in output
+
+
+def test_band_beyond_the_chips_is_one_line_not_n_failed_chips(small_aoi, tmp_path) -> None:
+    code, output = cli("run", small_aoi.root, "--out", tmp_path / "out", "--bands", "9,3,2",
+                       "--workers", "1")
+    lines = [line for line in output.splitlines() if line.strip() and "dask dashboard" not in line]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in output, output
+    assert "--bands 9,3,2: the chips of AOI_99_Synthetic have 8 band(s)" in output
+    assert "choose bands between 1 and 8" in output
+
+
+def test_stats_errors_are_not_called_run_configuration(small_aoi) -> None:
+    code, output = cli("stats", small_aoi.root, "--percentiles", "2", timeout=60)
+    assert_one_line_exit_2(code, output, "--percentiles takes exactly two values")
+    assert "run configuration" not in output
+
+
+def test_a_second_run_on_a_locked_out_fails_before_any_cluster(small_aoi, tmp_path) -> None:
+    out = tmp_path / "out"
+    (out / AOI).mkdir(parents=True)
+    holder = subprocess.Popen(["sleep", "120"])  # a live process of this host holds the lock
+    (out / AOI / ".sn5dask.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))
+    try:
+        code, output = cli("run", small_aoi.root, "--out", out, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_one_line_exit_2(code, output, "another sn5dask run holds this output")
+    assert "dask dashboard" not in output and "8787" not in output
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path) -> None:
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=16, size=600, seed=4)
+    process = sn5dask_cli("run", aoi.root, "--out", tmp_path / "out", "--workers", "2")
+    rgb = tmp_path / "out" / AOI / "PS-RGB"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if rgb.exists() and len(list(rgb.glob("*.tif"))) >= 2:
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    (line,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: interrupted after ") and line.endswith(
+        "of 16 chips; run the same command again to resume")
+
+
+def test_rerun_with_nothing_to_do_and_demo_reuses_its_input(tmp_path) -> None:
+    code, output = cli("demo", tmp_path, "--chips", "3", "--size", "64", "--workers", "1")
+    assert code == 0 and "chips written in" in output, output
+    marker = tmp_path / "input" / ".sn5dask-synthetic.json"
+    stamp = marker.stat().st_mtime_ns
+    code, output = cli("demo", tmp_path, "--chips", "3", "--size", "64", "--workers", "1")
+    assert code == 0 and "reused (already there and intact)" in output, output
+    assert "all 3 chips already done" in output and "0.00" not in output
+    assert marker.stat().st_mtime_ns == stamp
+    # A damaged input is written anew.
+    image = next((tmp_path / "input" / AOI / "PS-MS").glob("*.tif"))
+    image.write_bytes(image.read_bytes()[:1000])
+    code, output = cli("demo", tmp_path, "--chips", "3", "--size", "64", "--workers", "1")
+    assert code == 0 and "chips written in" in output, output
+
+
+def test_progress_counts_failed_chips_as_the_table_does(small_aoi, tmp_path) -> None:
+    root = tmp_path / "in"
+    shutil.copytree(small_aoi.root, root)
+    (root / AOI / "PS-MS" / f"SN5_roads_train_{AOI}_PS-MS_chip2.tif").write_bytes(b"not a tiff")
+    code, output = cli("run", root, "--out", tmp_path / "out", "--workers", "1", "--formats", "geotiff")
+    assert code == 1, output
+    assert "6/6 1 failed" in " ".join(output.split()), output
+
+
+def test_help_shows_defaults_and_every_flag_has_help() -> None:
+    code, output = cli("run", "--help", timeout=60)
+    text = " ".join(output.split())
+    assert code == 0 and "ROOT" in text and "required" in text
+    for default in ("(5,3,2)", "(2,98)", "(deflate)", "(geotiff,zarr)", "(64)"):
+        assert default in text, default
+    import typer.main
+
+    from sn5dask.cli import app
+
+    for command in typer.main.get_command(app).commands.values():
+        for parameter in command.params:
+            assert getattr(parameter, "help", None), (command.name, parameter.name)
