@@ -15,10 +15,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR
 
 WORKDIR /opt/sn5dask
+# Dependencies first, in a layer of their own: installed from pyproject.toml with an empty
+# stand-in package, so a change to sn5dask's code does not reinstall them.
 COPY pyproject.toml README.md ./
-COPY sn5dask ./sn5dask
 RUN python -m pip install --upgrade pip && \
+    mkdir sn5dask && touch sn5dask/__init__.py && \
     python -m pip install '.[aws]' && \
+    python -m pip uninstall --yes sn5dask && \
+    rm -r sn5dask build
+COPY sn5dask ./sn5dask
+RUN python -m pip install --no-deps . && \
     sn5dask versions
 
 # Workers started from this image (dask worker, with its nanny) keep glibc's malloc defaults

@@ -314,6 +314,7 @@ def sn5dask_validate(out: Path):
     return validate_output(str(out))
 
 
+@pytest.mark.slow  # a moto server
 def test_a_stale_s3_lock_of_this_host_is_taken_over(small_aoi) -> None:
     from tests.procs import moto_server
 

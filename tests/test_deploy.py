@@ -161,9 +161,13 @@ def test_dockerfile_statically() -> None:
     installs = [cmd for run in runs for cmd in run.split("&&") if "pip install" in cmd]
     # Dependencies come from pyproject.toml only: the project itself is installed, nothing pinned aside.
     assert any(re.search(r"pip install '\.\[aws\]'", cmd) for cmd in installs)
-    assert all(re.search(r"pip install (--upgrade pip|'\.\[aws\]')$", cmd.strip()) for cmd in installs)
-    copies = [arg for op, arg in instructions if op == "COPY"]
-    assert "pyproject.toml README.md ./" in copies and "sn5dask ./sn5dask" in copies
+    assert all(re.search(r"pip install (--upgrade pip|'\.\[aws\]'|--no-deps \.)$", cmd.strip()) for cmd in installs)
+    # ... in a layer built before the code is copied in, so code changes reuse it
+    order = [(op, arg) for op, arg in instructions if op in ("COPY", "RUN")]
+    deps = next(i for i, (op, arg) in enumerate(order) if "'.[aws]'" in arg)
+    code = order.index(("COPY", "sn5dask ./sn5dask"))
+    assert order.index(("COPY", "pyproject.toml README.md ./")) < deps < code
+    assert "--no-deps ." in order[code + 1][1]
     assert ("USER", "sn5dask") in instructions
     # remote workers from the image keep glibc's malloc defaults (see sn5dask.cluster)
     [dask_config] = [arg for op, arg in instructions if op == "RUN" and "/etc/dask/sn5dask.yaml" in arg]
@@ -172,12 +176,43 @@ def test_dockerfile_statically() -> None:
     assert any(op == "EXPOSE" and "8786" in arg and "8787" in arg for op, arg in instructions)
 
 
+def test_dockerignore_keeps_only_what_the_image_copies() -> None:
+    import fnmatch
+
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(path: str) -> bool:  # Docker's rule: the last matching pattern wins
+        result = False
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            body = pattern[1:] if negate else pattern
+            if fnmatch.fnmatch(path, body.rstrip("/")) or fnmatch.fnmatch(path, body.rstrip("/") + "/*") \
+                    or fnmatch.fnmatch(path, body.replace("**/", "*/")) or fnmatch.fnmatch(path, body.replace("**/", "")):
+                result = not negate
+        return result
+
+    for kept in ("pyproject.toml", "README.md", "sn5dask/__init__.py", "sn5dask/cli.py"):
+        assert not ignored(kept), kept
+    for dropped in (".venv/bin/python", "sn5dask-demo/output/x.tif", ".git/HEAD", "tests/test_cli.py",
+                    "benchmarks/run_benchmark.py", "sn5dask/__pycache__/cli.cpython-311.pyc"):
+        assert ignored(dropped), dropped
+
+
 @pytest.mark.slow
 def test_dockerfile_install_commands_in_a_fresh_venv(tmp_path: Path) -> None:
     """The Dockerfile's own RUN install lines, in a fresh venv built from a copy of what
     the COPY lines bring in; then `sn5dask demo` there."""
+    import shutil
+
     context = tmp_path / "context"
     context.mkdir()
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    bin_dir = env_dir / "bin"
+    environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VIRTUAL_ENV": str(env_dir)}
+    environment.pop("PYTHONPATH", None)
+    # In the Dockerfile's order, as a build runs them: COPY brings files in, RUN installs.
     for op, arg in dockerfile_instructions():
         if op == "COPY":
             *sources, _ = arg.split()
@@ -185,18 +220,10 @@ def test_dockerfile_install_commands_in_a_fresh_venv(tmp_path: Path) -> None:
                 src = REPO / source
                 (context / source).parent.mkdir(parents=True, exist_ok=True)
                 if src.is_dir():
-                    import shutil
-
                     shutil.copytree(src, context / source, ignore=shutil.ignore_patterns("__pycache__"))
                 else:
                     (context / source).write_bytes(src.read_bytes())
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    bin_dir = env_dir / "bin"
-    environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "VIRTUAL_ENV": str(env_dir)}
-    environment.pop("PYTHONPATH", None)
-    for op, arg in dockerfile_instructions():
-        if op == "RUN" and "pip install" in arg:
+        elif op == "RUN" and "pip install" in arg:
             result = subprocess.run(arg, shell=True, cwd=context, env=environment, capture_output=True,
                                     text=True, timeout=1200)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

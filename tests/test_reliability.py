@@ -269,6 +269,7 @@ def upload(env: dict, root: Path, bucket: str) -> None:
             s3.upload_file(str(path), bucket, f"in/{path.relative_to(root)}")
 
 
+@pytest.mark.slow  # a moto server
 def test_flaky_s3_is_retried_and_a_dead_object_fails_clearly(small_aoi, tmp_path) -> None:
     with moto_server() as env:
         upload(env, small_aoi.root, "flaky")
