@@ -22,7 +22,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 
 from sn5dask import files
-from sn5dask.errors import NoChipsError
+from sn5dask.errors import AccessDeniedError, NoChipsError
 from sn5dask.layout import file_stem, output_name, sanitise
 
 __all__ = ["AoiCatalog", "ChipRecord", "aoi_for_image", "aoi_from_name", "chip_id_from_name",
@@ -259,7 +259,11 @@ def _list(
                     found[path] = _listed_local(path)
     else:
         for pattern in (f"{base}/*/{folder}/*", f"{base}/{folder}/*"):
-            for path, info in fs.glob(pattern, detail=True).items():
+            try:
+                listed = fs.glob(pattern, detail=True)
+            except PermissionError as exc:
+                raise AccessDeniedError(files.access_denied_message(files.full_url(fs, base), exc)) from None
+            for path, info in listed.items():
                 url = files.full_url(fs, path)
                 if path.endswith(suffixes) and not _under(url, excluded):
                     found[url] = _listed_remote(url, info)

@@ -213,5 +213,5 @@ def prepare_worker() -> None:
     imports, GDAL set-up and PROJ's UTM table. Idempotent (cheap on a warm worker)."""
     from sn5dask import aoistats, chiptask, masks, raster  # noqa: F401
 
-    with raster.gdal_env():
+    with raster.gdal_env("local"):
         masks.utm_crs_containing(0.0, 0.0)  # reads PROJ's UTM table once per process

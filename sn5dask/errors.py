@@ -28,6 +28,10 @@ class NoChipsError(ConfigError):
     """A dataset root holds no PS-MS chips (the CLI exits 2)."""
 
 
+class AccessDeniedError(ConfigError):
+    """S3 refused access to the dataset root or output (the CLI exits 2)."""
+
+
 class ChipError(Sn5daskError):
     """One chip cannot be processed: recorded as `failed` in the manifest, the run goes on."""
 

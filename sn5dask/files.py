@@ -11,6 +11,7 @@ truncated file under a final name. On S3 an object is written by one PUT, which 
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import stat
@@ -28,11 +29,62 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def storage_options(url: str) -> dict[str, Any]:
-    if url.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            return {"client_kwargs": {"endpoint_url": endpoint}}
-    return {}
+    """fsspec options for a URL: for `s3://`, the endpoint of `AWS_ENDPOINT_URL`, and
+    anonymous access when the AWS chain holds no credentials (public buckets, such as
+    SpaceNet's own, are read that way)."""
+    if not url.startswith("s3://"):
+        return {}
+    options: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    if aws_credentials_method() is None:
+        options["anon"] = True
+    return options
+
+
+#: The places botocore's credential chain looks, in its order (for messages).
+AWS_CREDENTIAL_SOURCES = (
+    "the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY variables, AWS_PROFILE and the "
+    "~/.aws/credentials and ~/.aws/config files (SSO and web identity included), the "
+    "container role and the instance role"
+)
+_AWS_ENVIRONMENT = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_EC2_METADATA_DISABLED",
+)  # fmt: skip
+
+
+def aws_credentials_method() -> str | None:
+    """How botocore's standard chain finds credentials here (`env`,
+    `shared-credentials-file`, `iam-role`, ...), or None when it finds none. Looked up
+    once per process and environment (the instance-role probe can take a second)."""
+    return _credentials_method(tuple(os.environ.get(k) for k in _AWS_ENVIRONMENT))
+
+
+@functools.lru_cache(maxsize=8)
+def _credentials_method(environment: tuple[str | None, ...]) -> str | None:
+    import botocore.session
+
+    credentials = botocore.session.get_session().get_credentials()
+    return None if credentials is None else str(getattr(credentials, "method", "found"))
+
+
+def access_denied_message(url: str, exc: BaseException) -> str:
+    """One line for an S3 access refusal, saying which credentials were (not) used."""
+    method = aws_credentials_method()
+    if method is None:
+        return (
+            f"{url}: access denied when read anonymously ({exc}). No AWS credentials were "
+            f"found in {AWS_CREDENTIAL_SOURCES}. Give some: `aws configure`, AWS_PROFILE=name, "
+            "or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    return (
+        f"{url}: access denied with the AWS credentials found ({method}): {exc}. Check that "
+        "they may list and read this bucket, or give others (AWS_PROFILE=name)"
+    )
 
 
 def is_local(url: str) -> bool:

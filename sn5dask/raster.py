@@ -6,6 +6,7 @@ so reads run in parallel across threads and processes.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections import Counter
@@ -18,6 +19,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
+from rasterio.session import DummySession, Session
 
 from sn5dask import files
 from sn5dask.config import COMPRESSIONS
@@ -53,12 +55,13 @@ _MASK_CODEC: dict[str, dict[str, object]] = {
 }
 
 
-def gdal_options() -> dict[str, str]:
-    """GDAL settings for every read/write, derived from the environment of this process.
+def gdal_options(url: str | None = None) -> dict[str, str]:
+    """GDAL settings for a read/write of `url`, derived from the environment of this
+    process (called on workers, so their environment counts).
 
-    When only `AWS_ENDPOINT_URL` is set (a moto server, MinIO), GDAL's own variables are
-    derived from it, so `/vsis3/` talks to the same endpoint as s3fs. Called on workers,
-    so their environment counts.
+    For `s3://` URLs (or `url=None`): when only `AWS_ENDPOINT_URL` is set (a moto server,
+    MinIO), GDAL's own variables are derived from it, so `/vsis3/` talks to the same
+    endpoint as s3fs.
     """
     options = {
         # Don't list the folder of every file opened (slow on S3, useless for chips).
@@ -68,6 +71,8 @@ def gdal_options() -> dict[str, str]:
         "GDAL_HTTP_MAX_RETRY": os.environ.get("GDAL_HTTP_MAX_RETRY", "5"),
         "GDAL_HTTP_RETRY_DELAY": os.environ.get("GDAL_HTTP_RETRY_DELAY", "0.5"),
     }
+    if url is not None and not url.startswith("s3://"):
+        return options
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint and "AWS_S3_ENDPOINT" not in os.environ:
         scheme, _, host = endpoint.partition("://")
@@ -78,9 +83,36 @@ def gdal_options() -> dict[str, str]:
 
 
 @contextmanager
-def gdal_env() -> Iterator[None]:
-    with rasterio.Env(**gdal_options()):
-        yield
+def gdal_env(url: str | None = None) -> Iterator[None]:
+    """rasterio's environment for reading or writing `url`.
+
+    AWS is set up only for `s3://` URLs, once per process: for anything else rasterio gets
+    no AWS session (by default it builds one from AWS_* variables at every open, which cost
+    8 ms per local chip with credentials in the environment). With no credentials in the
+    AWS chain, S3 is read unsigned (public buckets).
+    """
+    if url is not None and url.startswith("s3://"):
+        with rasterio.Env(session=_aws_session(), **gdal_options(url)):
+            yield
+    elif url is not None:
+        with rasterio.Env(session=DummySession(), **gdal_options(url)):
+            yield
+    else:
+        with rasterio.Env(**gdal_options(url)):
+            yield
+
+
+def _aws_session() -> Session:
+    key = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                            "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"))
+    return _cached_aws_session(key, files.aws_credentials_method() is None)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_aws_session(environment: tuple[str | None, ...], unsigned: bool) -> Session:
+    from rasterio.session import AWSSession
+
+    return AWSSession(aws_unsigned=True) if unsigned else AWSSession()
 
 
 @dataclass(frozen=True)
@@ -158,7 +190,7 @@ def _open(path: str) -> Iterator[rasterio.DatasetReader]:
 def read_header(path: str, bands: Sequence[int] = ()) -> ChipHeader:
     """Open a chip, validate it for `bands` and return its header (no pixels read)."""
     try:
-        with gdal_env(), _open(path) as src:
+        with gdal_env(path), _open(path) as src:
             return _validate(path, src, bands)
     except (RasterioError, OSError) as exc:
         raise ImageError(path, f"cannot be read as a raster ({_describe(exc)})") from None
@@ -173,7 +205,7 @@ def read_chip(
     no more; with `all_bands` the caller selects `bands` from the result itself.
     """
     try:
-        with gdal_env(), _open(path) as src:
+        with gdal_env(path), _open(path) as src:
             header = _validate(path, src, bands)
             data = src.read() if all_bands else src.read(list(bands))
             PIXEL_READS[path] += 1
@@ -228,7 +260,7 @@ def encode_geotiff(
     profile.update((_MASK_CODEC if is_mask else _IMAGE_CODEC)[compress])
     if photometric:
         profile["photometric"] = photometric
-    with gdal_env(), MemoryFile() as memfile:
+    with gdal_env("memory"), MemoryFile() as memfile:
         with memfile.open(**profile) as dst:
             dst.write(array)
         return memfile.read()

@@ -22,7 +22,7 @@ from sn5dask.chipio import FileWriter, read_json
 from sn5dask.errors import ChipError, ManifestError, Sn5daskError
 from sn5dask.layout import RGB_OUTPUT, AoiLayout, ZarrRef, layouts_under
 from sn5dask.manifest import ChipEntry, Manifest
-from sn5dask.raster import ChipHeader, gdal_env, read_header
+from sn5dask.raster import ChipHeader, gdal_env, gdal_path, read_header
 
 EXPECTED_BANDS = {"binary": 1, "continuous": 1, "binned": 1, "multichannel": 8}
 
@@ -116,7 +116,7 @@ def _check_geotiff(
         report.problems.append(f"{label}: {url}: missing output file")
         return
     try:
-        with gdal_env(), rasterio.open(url) as src:
+        with gdal_env(url), rasterio.open(gdal_path(url)) as src:
             src.read()  # decodes every block: a truncated or corrupted file raises here
             if src.count != bands or set(src.dtypes) != {"uint8"}:
                 report.problems.append(

@@ -132,10 +132,12 @@ class FaultyProxy:
     requests with 503 SlowDown instead of forwarding them.
 
     `fail(method, path, n)` decides: `n` is the 1-based count of requests seen so far.
+    `deny(headers)`, when given, answers 403 AccessDenied instead where it returns True
+    (e.g. requests without an Authorization header: a bucket that is not public).
     Runs in a thread of the test process; bounded (it only serves while the test runs).
     """
 
-    def __init__(self, upstream: str, fail) -> None:
+    def __init__(self, upstream: str, fail, deny=None) -> None:
         import http.client
         import http.server
         import threading
@@ -159,6 +161,16 @@ class FaultyProxy:
                 with proxy.lock:
                     proxy.count += 1
                     n = proxy.count
+                if deny is not None and deny(self.headers):
+                    payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
+                               b"<Message>Access Denied</Message></Error>")
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                    return
                 if fail(self.command, self.path, n):
                     with proxy.lock:
                         proxy.failed += 1

@@ -22,7 +22,7 @@ def s3_env():
         yield env
 
 
-def upload(env: dict[str, str], local_root: Path, bucket: str, prefix: str) -> None:
+def upload(env: dict[str, str], local_root: Path, bucket: str, prefix: str, acl: str | None = None) -> None:
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
@@ -30,7 +30,8 @@ def upload(env: dict[str, str], local_root: Path, bucket: str, prefix: str) -> N
     s3.create_bucket(Bucket=bucket)
     for path in local_root.rglob("*"):
         if path.is_file():
-            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local_root)}")
+            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local_root)}",
+                           ExtraArgs={"ACL": acl} if acl else None)
 
 
 def test_s3_in_s3_out_equals_local(small_aoi, s3_env, tmp_path, monkeypatch) -> None:
@@ -140,3 +141,47 @@ def test_keys_with_hash_and_question_mark_are_read(small_aoi, s3_env, tmp_path) 
         assert {"rgb", "binary", "multichannel"} <= set(entry["outputs"])
         with rasterio.open(image) as src, rasterio.open(tmp_path / "out" / "Vegas_1" / entry["outputs"]["rgb"]) as rgb:
             assert rgb.transform == src.transform and rgb.read().any()
+
+
+NO_CREDENTIALS = {
+    # nothing in botocore's chain: no keys, no profile files, no instance-role probe
+    "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials", "AWS_CONFIG_FILE": "/nonexistent/config",
+    "AWS_EC2_METADATA_DISABLED": "true", "AWS_PROFILE": "",
+}
+
+
+def without_credentials(env: dict[str, str], endpoint: str) -> dict[str, str]:
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    environment.update({k: v for k, v in NO_CREDENTIALS.items() if v})
+    environment.update(AWS_ENDPOINT_URL=endpoint, AWS_DEFAULT_REGION=env["AWS_DEFAULT_REGION"])
+    return environment
+
+
+def test_no_credentials_reads_a_public_bucket_anonymously(small_aoi, s3_env, tmp_path) -> None:
+    upload(s3_env, small_aoi.root, "public", "in", acl="public-read")  # as SpaceNet's bucket
+    env = without_credentials(s3_env, s3_env["AWS_ENDPOINT_URL"])
+    process = sn5dask_cli("run", "s3://public/in", "--out", tmp_path / "out", "--workers", "1",
+                          "--formats", "geotiff", env=env)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    manifest = json.loads((tmp_path / "out" / AOI / "manifest.json").read_text())
+    assert manifest["counts"]["ok"] == 6
+
+
+def test_no_credentials_and_a_private_bucket_is_one_line(small_aoi, s3_env, tmp_path) -> None:
+    from tests.procs import FaultyProxy
+
+    upload(s3_env, small_aoi.root, "private", "in")
+    unsigned = lambda headers: "Authorization" not in headers  # noqa: E731
+    with FaultyProxy(s3_env["AWS_ENDPOINT_URL"], lambda *a: False, deny=unsigned) as proxy:
+        env = without_credentials(s3_env, proxy.url)
+        process = sn5dask_cli("run", "s3://private/in", "--out", tmp_path / "out", env=env)
+        output, _ = process.communicate(timeout=300)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert process.returncode == 2 and len(lines) == 1 and "Traceback" not in output, output
+    text = " ".join(output.split())
+    assert "s3://private/in: access denied when read anonymously" in text
+    assert "No AWS credentials were found in the AWS_ACCESS_KEY_ID" in text and "aws configure" in text
