@@ -113,7 +113,7 @@ def main() -> None:
 
         cases[label] = all_masks
     zarr_url = str(root / "bench.zarr")
-    store.create_store(zarr_url, chip_ids=["c0"], headers={"c0": header}, n_bands=3,
+    store.create_store(zarr_url, chip_ids=["c0"], headers={"c0": header}, bands=(5, 3, 2),
                        mask_kinds=MASK_KINDS, attrs={})
     cases["Zarr region write (RGB + 4 masks)"] = lambda: store.write_chip(zarr_url, 0, rgb, masks)
 

@@ -1,6 +1,6 @@
 """sn5dask: SpaceNet 5 road-network training data at city scale on a Dask cluster.
 
-Public API: `run`, `open_aoi`, `chip_dataarray`, `aoi_percentiles`, `aoi_histograms`, `burn_masks`,
+Public API: `run`, `open_aoi`, `open_store`, `chip_dataarray`, `aoi_percentiles`, `aoi_histograms`, `burn_masks`,
 `stretch_to_uint8`, `show_versions`, the config model `RunConfig` (+ `load_config`) and the
 exception base `Sn5daskError`.
 
@@ -23,6 +23,7 @@ _EXPORTS = {
     "burn_masks": "sn5dask.api",
     "chip_dataarray": "sn5dask.aoiarray",
     "open_aoi": "sn5dask.aoiarray",
+    "open_store": "sn5dask.aoiarray",
     "run": "sn5dask.pipeline",
     "stretch_to_uint8": "sn5dask.stretch",
     "show_versions": "sn5dask.versions",
@@ -30,7 +31,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from sn5dask.aoiarray import chip_dataarray, open_aoi
+    from sn5dask.aoiarray import chip_dataarray, open_aoi, open_store
     from sn5dask.api import aoi_histograms, aoi_percentiles, burn_masks
     from sn5dask.config import RunConfig, load_config
     from sn5dask.errors import Sn5daskError

@@ -97,6 +97,16 @@ def open_aoi(
     )
 
 
+def open_store(url: str) -> xr.Dataset:
+    """The Zarr store of an AOI (`OUT/<AOI>/<AOI>.zarr`, local or `s3://`) as a lazy
+    Dataset, as `xarray.open_zarr` gives it (uint8 variables, one chunk per chip), with
+    the same S3 settings as the run. `chip_dataarray(ds, chip_id, var)` gives one chip."""
+    from sn5dask.files import storage_options
+
+    options = storage_options(url)
+    return xr.open_zarr(url, storage_options=options or None)
+
+
 def _read_padded(
     path: str,
     bands: tuple[int, ...],
@@ -139,16 +149,21 @@ def chip_dataarray(data: xr.DataArray | xr.Dataset, chip_id: str, var: str | Non
         raise KeyError(f"no chip {chip_id!r}; the chips are {ids[:5]}{' ...' if len(ids) > 5 else ''}")
     index = ids.index(chip_id)
     chip = array.isel(chip=index)
-    height, width = int(chip["height"]), int(chip["width"])
-    transform = _affine(chip["transform"].values)
-    crs = chip["crs"].values.item()
+    # Per-chip georeferencing from `data`: a Dataset's `transform` (chip, affine) is not a
+    # coordinate of its (chip, ..., y, x) variables.
+    height, width = int(data["height"][index]), int(data["width"][index])
+    transform = _affine(data["transform"][index].values)
+    crs = data["crs"][index].values.item()
     crs_wkt = crs_list[int(crs)] if crs_list and not isinstance(crs, str) else str(crs)
     chip = chip.isel(y=slice(0, height), x=slice(0, width))
     chip = chip.drop_vars([c for c in chip.coords if c not in chip.dims])
+    chip.attrs = {k: v for k, v in chip.attrs.items() if k not in ("grid_mapping", "coordinates")}
     x = transform.c + transform.a * (np.arange(width) + 0.5)
     y = transform.f + transform.e * (np.arange(height) + 0.5)
     chip = chip.assign_coords(x=("x", x), y=("y", y))
     chip = chip.rio.write_crs(crs_wkt).rio.write_transform(transform)
+    if "nodata" in array.attrs:
+        chip = chip.rio.write_nodata(array.attrs["nodata"])
     chip.attrs = {**chip.attrs, "chip_id": chip_id}
     return chip
 

@@ -56,6 +56,7 @@ class OutputWriter(Protocol):
         is_mask: bool = False,
         nodata: float | None = None,
         photometric: str | None = None,
+        descriptions: Sequence[str] | None = None,
     ) -> int:
         """A (band, y, x) or (y, x) uint8 array on the chip's grid, as a tiled GeoTIFF;
         returns the file's size in bytes."""
@@ -67,9 +68,10 @@ class OutputWriter(Protocol):
         *,
         chip_ids: Sequence[str],
         headers: Mapping[str, ChipHeader],
-        n_bands: int,
+        bands: Sequence[int],
         mask_kinds: Sequence[str],
         attrs: Mapping[str, Any],
+        has_labels: Sequence[bool] | None = None,
     ) -> None:
         """Create (or replace) the AOI's Zarr store with every array and coordinate."""
         ...
@@ -133,10 +135,11 @@ class FileWriter:
         is_mask: bool = False,
         nodata: float | None = None,
         photometric: str | None = None,
+        descriptions: Sequence[str] | None = None,
     ) -> int:
         return raster.write_geotiff(
             url, array, header, compress=compress, is_mask=is_mask, nodata=nodata,
-            photometric=photometric,
+            photometric=photometric, descriptions=descriptions,
         )  # fmt: skip
 
     def create_zarr(
@@ -145,15 +148,16 @@ class FileWriter:
         *,
         chip_ids: Sequence[str],
         headers: Mapping[str, ChipHeader],
-        n_bands: int,
+        bands: Sequence[int],
         mask_kinds: Sequence[str],
         attrs: Mapping[str, Any],
+        has_labels: Sequence[bool] | None = None,
     ) -> None:
         from sn5dask import zarrstore
 
         zarrstore.create_store(
-            url, chip_ids=chip_ids, headers=headers, n_bands=n_bands, mask_kinds=mask_kinds,
-            attrs=attrs,
+            url, chip_ids=chip_ids, headers=headers, bands=bands, mask_kinds=mask_kinds,
+            attrs=attrs, has_labels=has_labels,
         )  # fmt: skip
 
     def zarr_chip_ids(self, url: str) -> list[str] | None:

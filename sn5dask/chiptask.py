@@ -18,6 +18,7 @@ import numpy as np
 from sn5dask.catalog import ChipRecord
 from sn5dask.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader
 from sn5dask.config import RunConfig
+from sn5dask.encodings import MASK_ENCODINGS, rgb_descriptions
 from sn5dask.errors import ChipError, LabelError, guard_chip
 from sn5dask.labels import parse_road_labels
 from sn5dask.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout
@@ -140,6 +141,7 @@ def _process(
             compress=config.compress,
             nodata=0,
             photometric="RGB" if rgb.shape[0] == 3 else None,
+            descriptions=rgb_descriptions(config.bands),
         )
         result.entry.outputs[RGB_OUTPUT] = path
         timings["write_rgb"] = time.perf_counter() - started
@@ -158,7 +160,8 @@ def _process(
         for kind, mask in masks.items():
             path = layout.mask_relpath(kind, chip.output_name)
             result.entry.output_bytes[kind] = writer.write_geotiff(
-                layout.url(path), mask, header, compress=config.compress, is_mask=True
+                layout.url(path), mask, header, compress=config.compress, is_mask=True,
+                descriptions=MASK_ENCODINGS[kind].bands,
             )
             result.entry.outputs[kind] = path
         timings["write_masks"] = time.perf_counter() - started
@@ -209,7 +212,7 @@ def _stretch(
                 f"{chip.image}: band {band} percentiles are equal ({cut.lo:g}): "
                 "pixels <= it become 0, above it 255"
             )
-    return stretch_to_uint8(bands, cuts, nodata)
+    return stretch_to_uint8(bands, cuts, nodata, rules.rgb_valid_floor)
 
 
 def _burn(

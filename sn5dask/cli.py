@@ -61,10 +61,10 @@ class RichReporter:
         self.finished = 0
         self.total = 0
 
-    def cluster(self, dashboard_link: str | None) -> None:
-        err_console.print(
-            f"dask dashboard (while this run lasts): [link={dashboard_link}]{dashboard_link}[/link]"
-        )
+    def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None:
+        # A LocalCluster this run started goes away with it: say so, so nobody bookmarks it.
+        lasts = " (until this run ends)" if closes_with_run else ""
+        err_console.print(f"dask dashboard: [link={dashboard_link}]{dashboard_link}[/link]{lasts}")
 
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
         if not self.tasks:
@@ -129,6 +129,7 @@ def run(
     formats: Annotated[Optional[str], typer.Option(show_default="geotiff,zarr", help="Outputs to write: geotiff, zarr or both")] = None,
     compress: Annotated[Optional[str], typer.Option(show_default="deflate", help="GeoTIFF codec: deflate, zstd, lzw or none")] = None,
     max_label_mb: Annotated[Optional[float], typer.Option("--max-label-mb", show_default="64", help="Label files over this size fail their chip")] = None,
+    folds: Annotated[Optional[int], typer.Option(show_default="5", help="Spatial folds in folds.csv (contiguous blocks of chips)")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", show_default=False, help="Replace outputs made with other parameters")] = None,
     config: Annotated[Optional[Path], typer.Option(show_default=False, help="YAML run config with the same options (flags win)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every warning")] = False,
@@ -144,7 +145,7 @@ def run(
             profile=profile, stretch=stretch, percentiles=percentiles, bands=bands,
             masks=masks, buffer_m=buffer_m, default_speed=default_speed,
             speed_field=speed_field, formats=formats, compress=compress,
-            max_label_mb=max_label_mb, overwrite=overwrite,
+            max_label_mb=max_label_mb, folds=folds, overwrite=overwrite,
         )  # fmt: skip
     except ConfigError as exc:
         raise _fail(str(exc)) from None

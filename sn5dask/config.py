@@ -52,6 +52,7 @@ class RunConfig(BaseModel):
     formats: tuple[str, ...] = FORMATS
     compress: Literal["deflate", "zstd", "lzw", "none"] = "deflate"
     max_label_mb: float = Field(default=64.0, gt=0, allow_inf_nan=False)
+    folds: int = Field(default=5, ge=1)
     overwrite: bool = False
 
     @field_validator("aois", "bands", "percentiles", "masks", "formats", mode="before")

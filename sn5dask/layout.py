@@ -6,6 +6,7 @@ OUT/<AOI>/masks/<kind>/<name>.tif    one folder per mask kind, same file name
 OUT/<AOI>/<AOI>.zarr                 the Zarr store; a chip's place in it is "<AOI>.zarr#<i>"
 OUT/<AOI>/stats.json                 percentiles, counts, params, versions
 OUT/<AOI>/manifest.json              the resume record
+OUT/<AOI>/folds.csv                  spatial folds of the chips with masks (CRESI's format)
 OUT/<AOI>/.sn5dask.lock              held while a run writes here
 OUT/<AOI>/logs/<chip_id>.log         the traceback of a chip's unexpected error
 ```
@@ -32,6 +33,7 @@ RGB_FOLDER = "PS-RGB"
 MASKS_FOLDER = "masks"
 LOGS_FOLDER = "logs"
 STATS_NAME = "stats.json"
+FOLDS_NAME = "folds.csv"
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".sn5dask.lock"
 ZARR_SUFFIX = ".zarr"
@@ -168,6 +170,10 @@ class AoiLayout:
     @property
     def stats_url(self) -> str:
         return self.url(STATS_NAME)
+
+    @property
+    def folds_url(self) -> str:
+        return self.url(FOLDS_NAME)
 
     @property
     def manifest_url(self) -> str:

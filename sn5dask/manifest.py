@@ -51,6 +51,8 @@ class ChipEntry(BaseModel):
     #: The inputs as they were when the chip was done ("size:mtime", or "size:ETag" on S3).
     image_stamp: str | None = None
     label_stamp: str | None = None
+    #: The chip's spatial fold (chips with labels only; `folds.csv`).
+    fold: int | None = None
 
     @property
     def done(self) -> bool:

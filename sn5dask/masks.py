@@ -197,6 +197,11 @@ def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
     return Transformer.from_crs(CRS.from_wkt(src_wkt), CRS.from_wkt(dst_wkt), always_xy=True)
 
 
+def grid_centre_lonlat(grid: GeoBox) -> tuple[float, float]:
+    """(lon, lat) of the centre of a grid's footprint."""
+    return _grid_centre_lonlat(grid)
+
+
 def _grid_centre_lonlat(grid: GeoBox) -> tuple[float, float]:
     height, width = grid.shape.yx
     x, y = grid.affine @ (width / 2.0, height / 2.0)

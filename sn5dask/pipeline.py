@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from distributed import Client, as_completed
 
-from sn5dask import files
+from sn5dask import files, stac
 from sn5dask.aoistats import AoiStats
 from sn5dask.catalog import AoiCatalog, ChipRecord, discover, input_folders
 from sn5dask.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader, read_json, write_json
@@ -28,10 +28,12 @@ from sn5dask.chiptask import ChipJob, ChipResult
 from sn5dask.cluster import get_client, prepare_local_workers, warm_up_workers
 from sn5dask.config import RunConfig
 from sn5dask.errors import ConfigError, ManifestError, ParamsChangedError, Sn5daskError
+from sn5dask.folds import folds_csv, spatial_folds
 from sn5dask.graph import chip_tasks, scan_graph
-from sn5dask.layout import AoiLayout, output_overlaps_input
+from sn5dask.layout import AoiLayout, layouts_under, output_overlaps_input
 from sn5dask.lock import RunLock
 from sn5dask.manifest import ChipEntry, Manifest, OutputState
+from sn5dask.masks import grid_centre_lonlat
 from sn5dask.stretch import band_cut
 from sn5dask.versions import versions
 
@@ -42,7 +44,7 @@ MANIFEST_EVERY_S = 2.0
 class Reporter(Protocol):
     """What the run tells its caller (the CLI draws it with rich; the API logs it)."""
 
-    def cluster(self, dashboard_link: str | None) -> None: ...
+    def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None: ...
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None: ...
     def chip_finished(self, aoi: str, result: ChipResult) -> None: ...
     def aoi_finished(self, summary: AoiSummary) -> None: ...
@@ -51,7 +53,7 @@ class Reporter(Protocol):
 class LogReporter:
     """Default reporter: one log line per AOI and per failed chip."""
 
-    def cluster(self, dashboard_link: str | None) -> None:
+    def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None:
         log.info("dask dashboard: %s", dashboard_link)
 
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
@@ -123,11 +125,12 @@ def run(
     with context as active:
         assert active is not None
         warm_up_workers(active)
-        reporter.cluster(active.dashboard_link)
+        reporter.cluster(active.dashboard_link, closes_with_run=client is None)
         summaries = [
             run_aoi(active, config, catalog, reporter, reader=reader, writer=writer)
             for catalog in catalogs
         ]
+        write_root_catalog(config, writer or FileWriter())
         return RunSummary(summaries, active.dashboard_link)
 
 
@@ -185,7 +188,10 @@ def run_aoi(
         )
         timings = process_chips(client, job, catalog, todo, manifest, writer, reporter)
         manifest.chips = {c.chip_id: manifest.chips[c.chip_id] for c in catalog.chips}
+        assign_folds(manifest, catalog, stats, config)
         write_manifest(manifest, layout, writer, final=True)
+        write_folds(manifest, catalog, config, layout, writer)
+        write_stac(manifest, stats, config, layout, writer)
 
     counts = manifest.counts()
     summary = AoiSummary(
@@ -353,7 +359,8 @@ def prepare_store(
         layout.zarr_url,
         chip_ids=chip_ids,
         headers=stats.headers,
-        n_bands=len(config.bands),
+        bands=config.bands,
+        has_labels=[chip.label is not None for chip in catalog.chips],
         mask_kinds=config.masks,
         attrs={"aoi": catalog.aoi, "params": params, "stats": stats.as_json()},
     )
@@ -449,6 +456,58 @@ def process_chips(
         # Also on Ctrl-C: record what finished, so a re-run resumes from here.
         write_manifest(manifest, job.layout, writer, final=True)
     return timings
+
+
+def assign_folds(manifest: Manifest, catalog: AoiCatalog, stats: AoiStats, config: RunConfig) -> None:
+    """Each labelled chip's spatial fold (from its footprint centre), in the manifest.
+    Computed over every labelled chip the scan read, so a resumed run gives the same."""
+    centres = {
+        chip.chip_id: grid_centre_lonlat(stats.headers[chip.chip_id].grid)
+        for chip in catalog.chips
+        if chip.label is not None and chip.chip_id in stats.headers
+    }
+    folds = spatial_folds(centres, config.folds)
+    for chip_id, entry in manifest.chips.items():
+        entry.fold = folds.get(chip_id)
+
+
+def write_folds(
+    manifest: Manifest, catalog: AoiCatalog, config: RunConfig, layout: AoiLayout, writer: OutputWriter
+) -> None:
+    """`folds.csv`: the chips whose masks were written (and RGB, for GeoTIFF runs), by
+    RGB file name, so a trainer listing it never asks for a missing file."""
+    rows = {}
+    for chip in catalog.chips:
+        entry = manifest.chips[chip.chip_id]
+        has_masks = any(kind in entry.outputs for kind in config.masks) or (
+            "zarr" in entry.outputs and bool(config.masks) and chip.label is not None
+        )
+        has_rgb = "rgb" in entry.outputs or "geotiff" not in config.formats
+        if entry.done and entry.fold is not None and has_masks and has_rgb:
+            rows[chip.output_name] = entry.fold
+    writer.write_bytes(layout.folds_url, folds_csv(rows).encode())
+
+
+def write_stac(
+    manifest: Manifest, stats: AoiStats, config: RunConfig, layout: AoiLayout, writer: OutputWriter
+) -> None:
+    """The AOI's STAC collection and items (for GeoTIFF outputs, which the items point to)."""
+    if "geotiff" not in config.formats:
+        return
+    bboxes = {chip_id: stac.lonlat_bbox(header) for chip_id, header in stats.headers.items()}
+    documents = stac.aoi_documents(manifest, stats.headers, bboxes, config.bands)
+    for relpath, document in documents.items():
+        write_json(writer, layout.url(relpath), document)
+
+
+def write_root_catalog(config: RunConfig, writer: OutputWriter) -> None:
+    """`OUT/catalog.json`, linking every AOI collection under OUT (this run's and earlier)."""
+    aois = [
+        layout.aoi for layout in layouts_under(config.out)
+        if writer.exists(layout.url(stac.COLLECTION_NAME))
+    ]
+    if aois:
+        write_json(writer, files.join(config.out, stac.CATALOG_NAME), stac.catalog(aois))
 
 
 def write_manifest(

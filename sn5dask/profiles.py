@@ -61,7 +61,7 @@ SN5DASK = Profile(
     burn_roads_without_speed=True,
     nodata_zeroing="all_bands_zero",
     nodata_min_share=0.0,
-    rgb_valid_floor=0,
+    rgb_valid_floor=1,
     warn_flat_band=True,
 )
 

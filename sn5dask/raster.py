@@ -233,6 +233,7 @@ def encode_geotiff(
     nodata: float | None = None,
     photometric: str | None = None,
     is_mask: bool = False,
+    descriptions: Sequence[str] | None = None,
 ) -> bytes:
     """GeoTIFF bytes of a (band, y, x) or (y, x) uint8 array on the chip's grid.
 
@@ -263,6 +264,8 @@ def encode_geotiff(
     with gdal_env("memory"), MemoryFile() as memfile:
         with memfile.open(**profile) as dst:
             dst.write(array)
+            if descriptions is not None:
+                dst.descriptions = tuple(descriptions)
         return memfile.read()
 
 
@@ -285,11 +288,13 @@ def write_geotiff(
     nodata: float | None = None,
     photometric: str | None = None,
     is_mask: bool = False,
+    descriptions: Sequence[str] | None = None,
 ) -> int:
     """Encode (`encode_geotiff`) and write atomically (`.partial` + rename locally, one PUT
     on S3); returns the file's size in bytes."""
     data = encode_geotiff(
-        array, header, compress=compress, nodata=nodata, photometric=photometric, is_mask=is_mask
+        array, header, compress=compress, nodata=nodata, photometric=photometric, is_mask=is_mask,
+        descriptions=descriptions,
     )
     files.write_bytes_atomic(url, data)
     return len(data)

@@ -131,13 +131,18 @@ def band_cut(p_low: float | None, p_high: float | None) -> BandCut:
 
 
 def stretch_lut(
-    cut: BandCut, dtype: np.dtype | type = np.uint16, nodata: float | None = None
+    cut: BandCut,
+    dtype: np.dtype | type = np.uint16,
+    nodata: float | None = None,
+    floor: int = 0,
 ) -> np.ndarray:
     """uint8 lookup table for one band: out = lut[value].
 
     Value rule (DESIGN.md §3, GDAL's `-scale` as CRESI uses it), in float64:
     `clamp(floor((v - lo) * 255 / (hi - lo) + 0.5), 0, 255)`; when hi <= lo, hi = lo + 0.1;
-    0 and the band's nodata map to 0; a band without a cut is all 0.
+    then valid values are raised to at least `floor` (1 in the default profile, so that 0
+    means nodata and nothing else; 0 for CRESI's pixels). 0 and the band's nodata map to 0;
+    a band without a cut is all 0.
     """
     n_bins = histogram_bins(dtype)
     if cut.lo is None or cut.hi is None:
@@ -146,7 +151,7 @@ def stretch_lut(
     hi = cut.hi if cut.hi > lo else lo + GDAL_EQUAL_RANGE_BUMP
     values = np.arange(n_bins, dtype=np.float64)
     scaled = np.floor((values - lo) * 255 / (hi - lo) + 0.5)
-    lut = np.clip(scaled, 0, 255).astype(np.uint8)
+    lut = np.clip(scaled, floor, 255).astype(np.uint8)
     lut[0] = 0
     if nodata is not None and float(nodata).is_integer() and 0 <= nodata < n_bins:
         lut[int(nodata)] = 0
@@ -157,18 +162,20 @@ def stretch_to_uint8(
     bands: np.ndarray,
     cuts: Sequence[BandCut],
     nodata: Sequence[float | None] | float | None = None,
+    floor: int = 0,
 ) -> np.ndarray:
     """Stretch (band, y, x) uint8/uint16 data to uint8 with one cut per band.
 
     Uses one lookup table per band (exactly the formula of `stretch_lut`, evaluated
-    once per possible value instead of once per pixel).
+    once per possible value instead of once per pixel). `floor=1` is the default
+    profile's rule (a valid pixel is never 0); `floor=0` gives CRESI's pixels.
     """
     if len(cuts) != bands.shape[0]:
         raise ValueError(f"{len(cuts)} cuts for {bands.shape[0]} bands")
     nodata_per_band = _per_band(nodata, bands.shape[0])
     out = np.empty(bands.shape, dtype=np.uint8)
     for i, (band, cut) in enumerate(zip(bands, cuts, strict=True)):
-        lut = stretch_lut(cut, bands.dtype, nodata_per_band[i])
+        lut = stretch_lut(cut, bands.dtype, nodata_per_band[i], floor)
         np.take(lut, band, out=out[i])
     return out
 

@@ -128,11 +128,13 @@ class MemoryWriter:
         is_mask: bool = False,
         nodata: float | None = None,
         photometric: str | None = None,
+        descriptions: Sequence[str] | None = None,
     ) -> int:
         self._check(url)
         if array.ndim == 2:
             array = array[np.newaxis]
-        options = {"compress": compress, "is_mask": is_mask, "nodata": nodata, "photometric": photometric}
+        options = {"compress": compress, "is_mask": is_mask, "nodata": nodata, "photometric": photometric,
+                   "descriptions": None if descriptions is None else tuple(descriptions)}
         self.files[url] = FakeGeoTiff(array.copy(), header, options)
         return array.nbytes
 
@@ -142,15 +144,17 @@ class MemoryWriter:
         *,
         chip_ids: Sequence[str],
         headers: Mapping[str, ChipHeader],
-        n_bands: int,
+        bands: Sequence[int],
         mask_kinds: Sequence[str],
         attrs: Mapping[str, Any],
+        has_labels: Sequence[bool] | None = None,
     ) -> None:
         self._check(url)
         self.files[url] = {
             "chip_ids": list(chip_ids),
             "headers": dict(headers),
-            "n_bands": n_bands,
+            "bands": list(bands),
+            "has_labels": None if has_labels is None else list(has_labels),
             "mask_kinds": list(mask_kinds),
             "attrs": json.loads(json.dumps(dict(attrs))),
             "regions": {},

@@ -7,7 +7,13 @@ Layout (Zarr format 3), read back by `xarray.open_zarr(path)` as a Dataset with 
   (chip, y, x); `mask_multichannel` uint8 (chip, channel, y, x): one chunk per chip.
 - coordinates `chip_id` (chip,), `transform` (chip, 6; affine a, b, c, d, e, f),
   `crs` (chip,; index into `attrs["crs_wkt"]`), `height`, `width` (chip,): the true size
-  of each chip, which is padded with 0 up to the store's y/x size (the largest chip).
+  of each chip, which is padded with 0 up to the store's y/x size (the largest chip);
+  `has_labels` (chip,) bool: the chip had a label file (an all-zero mask of a chip
+  without one is "not labelled", not "no roads").
+- `spatial_ref`: a CF grid-mapping variable (`crs_wkt`, `spatial_ref`) when every chip has
+  one CRS (the usual case), named by each data variable's `grid_mapping`.
+- each data variable says what its values mean (`description`, `band_descriptions`,
+  `sn5dask.encodings`); `rgb` carries `nodata: 0` (rioxarray reads it).
 
 Every array has fill value 0, and Zarr v3 fill values are not turned into `_FillValue` by
 xarray, so the arrays open as uint8 (no float promotion). Each chip task writes whole
@@ -25,10 +31,11 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from sn5dask.config import MASK_KINDS
+from sn5dask.encodings import MASK_ENCODINGS, RGB_VALUES, rgb_descriptions
 from sn5dask.raster import ChipHeader
 from sn5dask.speed import N_SPEED_CHANNELS
 
-COORDINATES = "chip_id transform crs height width"
+COORDINATES = "chip_id transform crs height width has_labels"
 # Zstandard level 1: the same size as zarr's default (level 3) on chips and masks, written
 # in 24 instead of 34 ms per full-size chip (benchmarks/README.md).
 DATA_CODECS = (ZstdCodec(level=1),)
@@ -48,9 +55,10 @@ def create_store(
     *,
     chip_ids: Sequence[str],
     headers: Mapping[str, ChipHeader],
-    n_bands: int,
+    bands: Sequence[int],
     mask_kinds: Sequence[str],
     attrs: Mapping[str, Any],
+    has_labels: Sequence[bool] | None = None,
 ) -> None:
     """Create (or replace) the store with all arrays and the per-chip coordinates.
 
@@ -62,10 +70,15 @@ def create_store(
     n = len(chip_ids)
     group = _open(url, "w")
     group.attrs.update({**attrs, "crs_wkt": crs_list})
+    one_crs = len(crs_list) == 1
+    coordinates = COORDINATES + (" spatial_ref" if one_crs else "")
 
-    def data_array(name: str, extra: tuple[tuple[str, int], ...]) -> None:
+    def data_array(name: str, extra: tuple[tuple[str, int], ...], meaning: dict[str, Any]) -> None:
         dims = ("chip",) + tuple(d for d, _ in extra) + ("y", "x")
         shape = (n,) + tuple(s for _, s in extra) + (height, width)
+        attributes = {"coordinates": coordinates, **meaning}
+        if one_crs:
+            attributes["grid_mapping"] = "spatial_ref"
         group.create_array(
             name,
             shape=shape,
@@ -74,13 +87,22 @@ def create_store(
             fill_value=0,
             compressors=DATA_CODECS,
             dimension_names=dims,
-            attributes={"coordinates": COORDINATES},
+            attributes=attributes,
         )
 
-    data_array("rgb", (("band", n_bands),))
+    data_array("rgb", (("band", len(bands)),), {
+        "long_name": "8-bit image", "description": RGB_VALUES,
+        "band_descriptions": list(rgb_descriptions(tuple(bands))), "nodata": 0,
+    })  # fmt: skip
     for kind in mask_kinds:
         extra = (("channel", N_SPEED_CHANNELS + 1),) if kind == "multichannel" else ()
-        data_array(f"mask_{kind}", extra)
+        encoding = MASK_ENCODINGS[kind]
+        data_array(f"mask_{kind}", extra, {
+            "long_name": f"{kind} road mask", "description": encoding.values,
+            "band_descriptions": list(encoding.bands),
+        })  # fmt: skip
+    if one_crs:
+        _grid_mapping(group, crs_list[0])
 
     transforms = np.full((n, 6), np.nan)
     crs_index = np.full(n, -1, dtype=np.int32)
@@ -98,11 +120,26 @@ def create_store(
     _coordinate(group, "crs", crs_index, ("chip",), {"description": "index into attrs crs_wkt"})
     _coordinate(group, "height", heights, ("chip",))
     _coordinate(group, "width", widths, ("chip",))
+    labelled = np.array(
+        [True] * n if has_labels is None else [bool(v) for v in has_labels], dtype=bool
+    )
+    _coordinate(group, "has_labels", labelled, ("chip",),
+                {"description": "the chip had a label file: its masks are labels"})
     # Consolidated metadata lets xarray open the store with one read (fast on S3); Zarr v3
     # has no spec for it yet, hence zarr's warning, which says nothing actionable here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)
         zarr.consolidate_metadata(group.store)
+
+
+def _grid_mapping(group: zarr.Group, crs_wkt: str) -> None:
+    """The CF grid-mapping variable `spatial_ref` (as rioxarray and GDAL write it)."""
+    from pyproj import CRS
+
+    attributes = {**CRS.from_wkt(crs_wkt).to_cf(), "crs_wkt": crs_wkt, "spatial_ref": crs_wkt}
+    array = group.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0,
+                               dimension_names=(), attributes=attributes)
+    array[...] = 0
 
 
 def _coordinate(
@@ -122,7 +159,7 @@ def _coordinate(
             shape=values.shape,
             dtype=values.dtype,
             dimension_names=dims,
-            fill_value=np.nan if values.dtype.kind == "f" else 0,
+            fill_value={"f": np.nan, "b": False}.get(values.dtype.kind, 0),
             attributes=attributes or {},
         )
     array[...] = values

@@ -18,6 +18,12 @@ S02 = CRESI_CASES / "s02_masks_sn3_img991"
 SOLARIS_ROAD = REFDATA / "solaris" / "road"
 
 
+# No test may probe the EC2 instance-metadata address for AWS credentials (it is not on
+# this machine's loopback): botocore's chain stops before it. Tests that use S3 give a moto
+# server's credentials explicitly.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not REFDATA.is_dir():
         raise pytest.UsageError(

@@ -48,8 +48,9 @@ def test_outputs_equal_the_pure_functions(fake, writer, tmp_path) -> None:
 
     rgb = writer.files[layout.url(result.entry.outputs["rgb"])]
     assert isinstance(rgb, FakeGeoTiff) and rgb.header == header
-    assert rgb.options == {"compress": "deflate", "is_mask": False, "nodata": 0, "photometric": "RGB"}
-    assert np.array_equal(rgb.array, stretch_to_uint8(pixels[[4, 2, 1]], list(CUTS), [None] * 3))
+    assert rgb.options == {"compress": "deflate", "is_mask": False, "nodata": 0, "photometric": "RGB",
+                           "descriptions": ("PS-MS band 5", "PS-MS band 3", "PS-MS band 2")}
+    assert np.array_equal(rgb.array, stretch_to_uint8(pixels[[4, 2, 1]], list(CUTS), [None] * 3, floor=1))
 
     labels = parse_road_labels(fake.reader.labels[chip.label], chip.label)
     expected = burn_chip_masks(labels, header.grid, image=pixels)
@@ -67,7 +68,7 @@ def test_zarr_region_is_written_and_recorded(fake, writer, tmp_path) -> None:
     job = job_for(fake, writer, tmp_path, with_zarr=True, formats="zarr")
     layout = job.layout
     headers = {c.chip_id: fake.reader.images[c.image][0] for c in fake.catalog.chips}
-    writer.create_zarr(layout.zarr_url, chip_ids=list(headers), headers=headers, n_bands=3,
+    writer.create_zarr(layout.zarr_url, chip_ids=list(headers), headers=headers, bands=(5, 3, 2),
                        mask_kinds=job.config.masks, attrs={})
     result = process_chip(fake.catalog.chips[2], job, 2)
     assert result.status == "ok" and result.entry.outputs == {"zarr": f"{AOI}.zarr#2"}
@@ -155,6 +156,6 @@ def test_manifest_entry_is_the_typed_model(fake, writer, tmp_path) -> None:
     document = entry.as_json()
     assert json.loads(json.dumps(document)) == document and "percentiles" not in document
     assert list(document) == ["status", "image", "label", "reason", "warnings", "zero_fraction", "outputs",
-                              "output_bytes", "image_stamp", "label_stamp"]
+                              "output_bytes", "image_stamp", "label_stamp", "fold"]
     assert document["output_bytes"] == {k: writer.files[job.layout.url(v)].array.nbytes
                                         for k, v in document["outputs"].items()}

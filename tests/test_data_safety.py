@@ -374,8 +374,8 @@ def test_a_chip_beyond_the_utm_zones_gets_its_rgb_and_ups_masks(client, tmp_path
               np.full((8, 64, 64), 500, np.uint16) + np.arange(64, dtype=np.uint16), transform=transform)
     label = root / "AOI_42_North" / "geojson_roads_speed" / "SN5_roads_train_AOI_42_North_geojson_roads_speed_chip0.geojson"
     label.parent.mkdir(parents=True)
-    lon0, lat0 = transform * (0, 32)
-    lon1, _ = transform * (64, 32)
+    lon0, lat0 = transform @ (0, 32)
+    lon1, _ = transform @ (64, 32)
     label.write_text(json.dumps({"type": "FeatureCollection", "features": [
         {"type": "Feature", "properties": {"inferred_speed_mph": 25},
          "geometry": {"type": "LineString", "coordinates": [[lon0, lat0], [lon1, lat0]]}}]}))

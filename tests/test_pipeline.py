@@ -72,7 +72,7 @@ def test_run_outputs_match_the_pure_functions(default_run) -> None:
         assert entry["status"] == "ok"
         source, source_meta = read(image_path)
         rgb, meta = read(out_aoi / entry["outputs"]["rgb"])
-        assert np.array_equal(rgb, stretch_to_uint8(source[[4, 2, 1]], cuts))
+        assert np.array_equal(rgb, stretch_to_uint8(source[[4, 2, 1]], cuts, floor=1))
         assert meta["transform"] == source_meta["transform"] and meta["crs"] == source_meta["crs"]
         assert meta["nodata"] == (0.0, 0.0, 0.0) and meta["dtypes"] == ("uint8",) * 3
         label = aoi.root / AOI / "geojson_roads_speed" / f"SN5_roads_train_{AOI}_geojson_roads_speed_chip{i}.geojson"
@@ -244,7 +244,8 @@ def test_run_loop_in_process_with_fakes(inprocess_client, tmp_path) -> None:
         for i in (0, 2, 3, 4):
             chip = fake.catalog.chips[i]
             rgb = writer.files[layout.url(manifest["chips"][chip.chip_id]["outputs"]["rgb"])].array
-            assert np.array_equal(rgb, stretch_to_uint8(fake.reader.images[chip.image][1][[4, 2, 1]], cuts))
+            assert np.array_equal(rgb, stretch_to_uint8(fake.reader.images[chip.image][1][[4, 2, 1]], cuts,
+                                                        floor=1))
             assert manifest["chips"][chip.chip_id]["outputs"]["zarr"] == f"AOI_98_Fake.zarr#{i}"
 
         # Resume: the scan reads every chip again, only the failed chip is redone.

@@ -1,0 +1,255 @@
+"""A STAC catalog of the outputs (DESIGN.md §5.1): Catalog -> one Collection per AOI ->
+per chip an image Item and, for chips with masks, a label Item.
+
+```
+OUT/catalog.json
+OUT/<AOI>/collection.json
+OUT/<AOI>/stac/<chip_id>.json          image Item: the RGB (projection + raster extensions)
+OUT/<AOI>/stac/<chip_id>-label.json    label Item: the masks (label extension), source -> image
+```
+
+Every link is relative and there are no `self` links (a self-contained catalog: the tree
+can be moved or synced to S3 and still resolves). The documents depend only on the
+manifest and the chips' headers, never on the time they are written, so a resumed run
+writes the same catalog. Pure: dicts in, dicts out; `pipeline` writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sn5dask.encodings import MASK_ENCODINGS, RGB_VALUES, ROAD, SPEED_BINS, rgb_descriptions
+from sn5dask.layout import FOLDS_NAME
+from sn5dask.manifest import ChipEntry, Manifest
+from sn5dask.raster import ChipHeader
+
+STAC_VERSION = "1.0.0"
+PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
+LABEL = "https://stac-extensions.github.io/label/v1.0.1/schema.json"
+GEOTIFF = "image/tiff; application=geotiff"
+CATALOG_NAME = "catalog.json"
+COLLECTION_NAME = "collection.json"
+ITEMS_FOLDER = "stac"
+#: SpaceNet's licence, which derived training data keeps.
+LICENSE = "CC-BY-SA-4.0"
+# SpaceNet chips carry no acquisition time: the items say "unknown" as STAC allows, with
+# an open range instead of a made-up date.
+UNKNOWN_TIME = {"datetime": None, "start_datetime": "0001-01-01T00:00:00Z",
+                "end_datetime": "9999-12-31T23:59:59Z"}  # fmt: skip
+
+
+def item_relpath(chip_id: str, label: bool = False) -> str:
+    """An item's path relative to the AOI folder."""
+    return f"{ITEMS_FOLDER}/{chip_id}{'-label' if label else ''}.json"
+
+
+def aoi_documents(
+    manifest: Manifest,
+    headers: Mapping[str, ChipHeader],
+    lonlat_bboxes: Mapping[str, tuple[float, float, float, float]],
+    bands: Sequence[int],
+) -> dict[str, dict[str, Any]]:
+    """The Collection and Items of one AOI, by path relative to the AOI folder.
+
+    `lonlat_bboxes`: each chip's footprint as (west, south, east, north) in WGS84.
+    """
+    documents: dict[str, dict[str, Any]] = {}
+    item_links = []
+    for chip_id, entry in manifest.chips.items():
+        header, bbox = headers.get(chip_id), lonlat_bboxes.get(chip_id)
+        if not entry.done or header is None or bbox is None or "rgb" not in entry.outputs:
+            continue
+        documents[item_relpath(chip_id)] = image_item(manifest.aoi, chip_id, entry, header, bbox, bands)
+        item_links.append(_link("item", f"./{item_relpath(chip_id)}", "application/geo+json"))
+        masks = {kind: path for kind, path in entry.outputs.items() if kind in MASK_ENCODINGS}
+        if masks:
+            documents[item_relpath(chip_id, label=True)] = label_item(
+                manifest.aoi, chip_id, entry, header, bbox, masks
+            )
+            item_links.append(_link("item", f"./{item_relpath(chip_id, label=True)}", "application/geo+json"))
+    documents[COLLECTION_NAME] = collection(manifest.aoi, list(lonlat_bboxes.values()), item_links)
+    return documents
+
+
+def catalog(aois: Sequence[str]) -> dict[str, Any]:
+    """`OUT/catalog.json`, linking each AOI's collection."""
+    return {
+        "type": "Catalog",
+        "stac_version": STAC_VERSION,
+        "id": "sn5dask",
+        "title": "sn5dask training data",
+        "description": (
+            "SpaceNet road-network training data made by sn5dask: 8-bit RGB chips and road "
+            "masks (binary, speed-continuous, speed-binned, 8-channel), one collection per AOI"
+        ),
+        "links": [_link("root", f"./{CATALOG_NAME}", "application/json")]
+        + [_link("child", f"./{aoi}/{COLLECTION_NAME}", "application/json") for aoi in sorted(aois)],
+    }
+
+
+def collection(aoi: str, bboxes: Sequence[tuple[float, float, float, float]], item_links: list[dict[str, Any]]) -> dict[str, Any]:
+    extent = [
+        min(b[0] for b in bboxes), min(b[1] for b in bboxes),
+        max(b[2] for b in bboxes), max(b[3] for b in bboxes),
+    ] if bboxes else [-180.0, -90.0, 180.0, 90.0]  # fmt: skip
+    return {
+        "type": "Collection",
+        "stac_version": STAC_VERSION,
+        "id": aoi,
+        "title": aoi,
+        "description": f"Training chips of {aoi}: RGB images and road masks; folds in {FOLDS_NAME}",
+        "license": LICENSE,
+        "extent": {"spatial": {"bbox": [extent]}, "temporal": {"interval": [[None, None]]}},
+        "links": [
+            _link("root", f"../{CATALOG_NAME}", "application/json"),
+            _link("parent", f"../{CATALOG_NAME}", "application/json"),
+            _link("describedby", f"./{FOLDS_NAME}", "text/csv", title="spatial folds (CRESI's format)"),
+            *item_links,
+        ],
+    }
+
+
+def image_item(
+    aoi: str,
+    chip_id: str,
+    entry: ChipEntry,
+    header: ChipHeader,
+    bbox: tuple[float, float, float, float],
+    bands: Sequence[int],
+) -> dict[str, Any]:
+    return _item(
+        aoi,
+        f"{aoi}-{chip_id}",
+        header,
+        bbox,
+        extensions=[PROJECTION, RASTER],
+        properties={},
+        assets={
+            "image": {
+                "href": f"../{entry.outputs['rgb']}",
+                "type": GEOTIFF,
+                "title": "8-bit image",
+                "description": RGB_VALUES,
+                "roles": ["data"],
+                "raster:bands": [
+                    {"nodata": 0, "data_type": "uint8", "name": name}
+                    for name in rgb_descriptions(tuple(bands))
+                ],
+            }
+        },
+        links=[],
+    )
+
+
+def label_item(
+    aoi: str,
+    chip_id: str,
+    entry: ChipEntry,
+    header: ChipHeader,
+    bbox: tuple[float, float, float, float],
+    masks: Mapping[str, str],
+) -> dict[str, Any]:
+    # Raster labels name no property (name: null): the classes are the road classes the
+    # masks encode, in the multichannel bands' order; each asset says how it encodes them.
+    classes = [{"name": None, "classes": ["background", *SPEED_BINS, ROAD]}]
+    description = "; ".join(f"{kind}: {MASK_ENCODINGS[kind].values}" for kind in masks)
+    tasks = ["segmentation"] + (["regression"] if "continuous" in masks else [])
+    return _item(
+        aoi,
+        f"{aoi}-{chip_id}-label",
+        header,
+        bbox,
+        extensions=[LABEL, PROJECTION, RASTER],
+        properties={
+            "label:type": "raster",
+            "label:properties": None,
+            "label:classes": classes,
+            "label:tasks": tasks,
+            "label:description": description,
+            "sn5dask:fold": entry.fold,
+        },
+        assets={
+            kind: {
+                "href": f"../{path}",
+                "type": GEOTIFF,
+                "title": f"{kind} road mask",
+                "description": MASK_ENCODINGS[kind].values,
+                "roles": ["data", "labels"],
+                "raster:bands": [
+                    {"data_type": "uint8", "name": name} for name in MASK_ENCODINGS[kind].bands
+                ],
+            }
+            for kind, path in masks.items()
+        },
+        links=[_link("source", f"./{chip_id}.json", "application/geo+json", title="the image")],
+    )
+
+
+def _item(
+    aoi: str,
+    item_id: str,
+    header: ChipHeader,
+    bbox: tuple[float, float, float, float],
+    *,
+    extensions: list[str],
+    properties: dict[str, Any],
+    assets: dict[str, Any],
+    links: list[dict[str, Any]],
+) -> dict[str, Any]:
+    west, south, east, north = bbox
+    return {
+        "type": "Feature",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": sorted(extensions),
+        "id": item_id,
+        "collection": aoi,
+        "bbox": [west, south, east, north],
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
+        },
+        "properties": {**UNKNOWN_TIME, **_projection(header), **properties},
+        "assets": assets,
+        # items live in OUT/<AOI>/stac/
+        "links": [
+            _link("root", f"../../{CATALOG_NAME}", "application/json"),
+            _link("parent", f"../{COLLECTION_NAME}", "application/json"),
+            _link("collection", f"../{COLLECTION_NAME}", "application/json"),
+            *links,
+        ],
+    }
+
+
+def lonlat_bbox(header: ChipHeader) -> tuple[float, float, float, float]:
+    """A chip's footprint as (west, south, east, north) in WGS84 (edges densified, so a
+    footprint in a projected CRS is fully inside)."""
+    from pyproj import CRS, Transformer
+
+    a, b, c, d, e, f = header.transform
+    xs = [c, c + a * header.width]
+    ys = [f, f + e * header.height]
+    transformer = Transformer.from_crs(CRS.from_wkt(header.crs_wkt), CRS.from_epsg(4326), always_xy=True)
+    west, south, east, north = transformer.transform_bounds(min(xs), min(ys), max(xs), max(ys), densify_pts=21)
+    return (float(west), float(south), float(east), float(north))
+
+
+def _projection(header: ChipHeader) -> dict[str, Any]:
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(header.crs_wkt)
+    authority = crs.to_authority()
+    return {
+        "proj:code": f"{authority[0]}:{authority[1]}" if authority else None,
+        "proj:wkt2": crs.to_wkt(),
+        "proj:shape": [header.height, header.width],
+        "proj:transform": list(header.transform),
+    }
+
+
+def _link(rel: str, href: str, media_type: str, title: str | None = None) -> dict[str, Any]:
+    link = {"rel": rel, "href": href, "type": media_type}
+    if title:
+        link["title"] = title
+    return link

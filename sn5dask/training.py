@@ -1,0 +1,190 @@
+"""A ready loader for training on sn5dask outputs, without depending on torch.
+
+`ChipDataset` is a map-style dataset (`len`, `[i]`): exactly what
+`torch.utils.data.DataLoader` takes, so
+
+    from torch.utils.data import DataLoader
+    from sn5dask.training import ChipDataset
+    loader = DataLoader(ChipDataset("prepared/", folds=(0, 1, 2, 3), crop=512), batch_size=8, shuffle=True)
+
+works as it is (the default collate turns the numpy arrays into tensors). Items come from
+`folds.csv` (chips whose masks were written), read from the GeoTIFFs or the Zarr store.
+Each item opens its files itself, so it is safe in DataLoader worker processes.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from sn5dask import files
+from sn5dask.chipio import FileWriter, read_json
+from sn5dask.errors import Sn5daskError
+from sn5dask.layout import AoiLayout, layouts_under, output_name
+from sn5dask.manifest import Manifest
+from sn5dask.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS
+
+MaskKind = Literal["binary", "continuous", "binned", "multichannel"]
+
+
+@dataclass(frozen=True)
+class ChipItem:
+    """One listed chip: where its files are, its id, fold and Zarr index."""
+
+    layout: AoiLayout
+    name: str
+    chip_id: str
+    fold: int
+    zarr_index: int | None
+
+
+class ChipDataset:
+    """Chips of one AOI (or every AOI under `out`) for training.
+
+    - `masks`: the mask kind returned as `mask` (multichannel: (8, H, W)).
+    - `folds`: keep only chips in these folds (None: all listed chips).
+    - `crop`: a square window of this side (chips smaller than it are padded with 0);
+      its place is drawn from `seed` and the item's index, so the same dataset gives the
+      same crops (pass another seed per epoch for new ones). None: whole chips.
+    - `index_masks`: masks as class indices: binary and multichannel 0/1, binned the speed
+      bin 0..7 (continuous has no classes and is refused).
+    - `source`: "geotiff" (the per-chip files) or "zarr" (the AOI's store).
+
+    `ds[i]` is a dict: `image` (bands, H, W) uint8, `mask` uint8, `chip_id`, `aoi`, `fold`.
+    """
+
+    def __init__(
+        self,
+        out: str,
+        aoi: str | None = None,
+        *,
+        masks: MaskKind = "multichannel",
+        folds: Iterable[int] | None = None,
+        crop: int | None = None,
+        index_masks: bool = False,
+        seed: int = 0,
+        source: Literal["geotiff", "zarr"] = "geotiff",
+    ) -> None:
+        if index_masks and masks == "continuous":
+            raise ValueError("continuous masks hold speeds, not classes: index_masks needs another kind")
+        if crop is not None and crop < 1:
+            raise ValueError(f"crop must be a positive side in pixels, not {crop}")
+        self.masks, self.crop, self.index_masks, self.seed = masks, crop, index_masks, seed
+        self.source = source
+        wanted = None if folds is None else set(folds)
+        layouts = [AoiLayout(out, aoi)] if aoi else layouts_under(out)
+        if not layouts:
+            raise Sn5daskError(f"{out}: no sn5dask output folder (no manifest.json) here")
+        self.items: list[ChipItem] = []
+        for layout in layouts:
+            self.items.extend(
+                item for item in _listed_chips(layout) if wanted is None or item.fold in wanted
+            )
+        self._stores: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        if self.source == "zarr":
+            image, mask = self._read_zarr(item)
+        else:
+            image = _read_geotiff(item.layout.url(item.layout.rgb_relpath(item.name)))
+            mask = _read_geotiff(item.layout.url(item.layout.mask_relpath(self.masks, item.name)))
+        if self.crop is not None:
+            rng = np.random.default_rng([self.seed, index])
+            image, mask = _crop(image, mask, self.crop, rng)
+        if self.masks != "multichannel":
+            mask = mask[0]
+        if self.index_masks:
+            mask = class_indices(mask, self.masks)
+        return {"image": image, "mask": mask, "chip_id": item.chip_id, "aoi": item.layout.aoi,
+                "fold": item.fold}  # fmt: skip
+
+    def _read_zarr(self, item: ChipItem) -> tuple[np.ndarray, np.ndarray]:
+        from sn5dask.aoiarray import chip_dataarray, open_store
+
+        url = item.layout.zarr_url
+        if url not in self._stores:  # opened once per process (metadata only)
+            self._stores[url] = open_store(url)
+        store = self._stores[url]
+        image = chip_dataarray(store, item.chip_id, var="rgb").values
+        mask = chip_dataarray(store, item.chip_id, var=f"mask_{self.masks}").values
+        return image, mask if mask.ndim == 3 else mask[np.newaxis]
+
+
+def class_indices(mask: np.ndarray, kind: str) -> np.ndarray:
+    """A mask's values as class indices (uint8): binary and multichannel 0/1, binned the
+    speed bin 0..7 (255, above 70 mph, is bin 7)."""
+    if kind in ("binary", "multichannel"):
+        return (mask > 0).astype(np.uint8)
+    if kind == "binned":
+        return np.minimum(mask // BIN_VALUE_STEP, N_SPEED_CHANNELS).astype(np.uint8)
+    raise ValueError(f"{kind} masks have no class indices")
+
+
+def read_folds(url: str) -> dict[str, int]:
+    """`folds.csv` (CRESI's format) as {RGB file name: fold}."""
+    text = files.read_bytes(url).decode()
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines or lines[0].split(",")[-1].strip() != "fold":
+        raise Sn5daskError(f"{url}: not a folds CSV (expected a header ',fold')")
+    folds = {}
+    for line in lines[1:]:
+        name, fold = line.rsplit(",", 1)
+        folds[name] = int(fold)
+    return folds
+
+
+def _listed_chips(layout: AoiLayout) -> list[ChipItem]:
+    try:
+        folds = read_folds(layout.folds_url)
+    except FileNotFoundError:
+        raise Sn5daskError(f"{layout.folds_url}: missing: run `sn5dask run` to write it") from None
+    manifest = Manifest.parse(read_json(FileWriter(), layout.manifest_url), layout.manifest_url)
+    by_name: dict[str, tuple[str, int | None]] = {}
+    for chip_id, entry in manifest.chips.items():
+        rgb = entry.outputs.get("rgb")
+        ref = entry.zarr_ref()
+        name = posixpath.basename(rgb) if rgb else None
+        if name is None and entry.image:
+            name = output_name(posixpath.basename(entry.image))
+        if name is not None:
+            by_name[name] = (chip_id, ref.index if ref else None)
+    items = []
+    for name, fold in sorted(folds.items()):
+        if name not in by_name:
+            raise Sn5daskError(f"{layout.folds_url}: {name} is not in {layout.manifest_url}")
+        chip_id, zarr_index = by_name[name]
+        items.append(ChipItem(layout, name, chip_id, fold, zarr_index))
+    return items
+
+
+def _read_geotiff(url: str) -> np.ndarray:
+    import rasterio
+
+    from sn5dask.raster import gdal_env, gdal_path
+
+    with gdal_env(url), rasterio.open(gdal_path(url)) as src:
+        return src.read()
+
+
+def _crop(
+    image: np.ndarray, mask: np.ndarray, side: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    height, width = image.shape[-2:]
+    top = int(rng.integers(0, max(height - side, 0) + 1))
+    left = int(rng.integers(0, max(width - side, 0) + 1))
+    return _window(image, top, left, side), _window(mask, top, left, side)
+
+
+def _window(array: np.ndarray, top: int, left: int, side: int) -> np.ndarray:
+    out = np.zeros(array.shape[:-2] + (side, side), dtype=array.dtype)
+    part = array[..., top : top + side, left : left + side]
+    out[..., : part.shape[-2], : part.shape[-1]] = part
+    return out

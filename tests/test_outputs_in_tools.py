@@ -1,0 +1,277 @@
+"""Training-ready outputs (DESIGN.md §5.1), checked in the tools users read them with:
+GDAL/rasterio warping, rioxarray and odc-geo, pandas as CRESI's folds reader, pystac and
+the STAC JSON schemas (vendored in tests/data, nothing fetched), xbatcher, and the loader.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import xarray as xr
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.vrt import WarpedVRT
+
+import sn5dask
+from sn5dask.config import load_config
+from sn5dask.encodings import MASK_ENCODINGS
+
+AOI = "AOI_99_Synthetic"
+SCHEMAS = Path(__file__).parent / "data" / "stac-schemas"
+
+
+@pytest.fixture(scope="module")
+def made(client, tmp_path_factory):
+    """9 chips of 96 px: the last without a label file, the one before with no roads."""
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path_factory.mktemp("in"), n_chips=9, size=96, seed=21,
+                             roads_per_chip=(4, 8))
+    out = tmp_path_factory.mktemp("out")
+    summary = sn5dask.run(load_config(None, root=str(aoi.root), out=str(out)), client=client)
+    assert summary.exit_code == 0
+    return aoi, out, json.loads((out / AOI / "manifest.json").read_text())
+
+
+def rgb_path(out: Path, i: int) -> Path:
+    return out / AOI / "PS-RGB" / f"SN5_roads_train_{AOI}_PS-RGB_chip{i}.tif"
+
+
+# --- 1. 0 means nodata, only nodata --------------------------------------------------------
+
+def test_zero_is_nodata_and_nothing_else(made) -> None:
+    aoi, out, _ = made
+    for i, image in enumerate(aoi.images):
+        with rasterio.open(image) as src:
+            source = src.read([5, 3, 2])
+        with rasterio.open(rgb_path(out, i)) as dst:
+            rgb = dst.read()
+            assert dst.nodatavals == (0.0, 0.0, 0.0)
+        assert np.array_equal(rgb == 0, source == 0), i  # dark roads are 1, not holes
+
+
+def test_nodata_aware_bilinear_warp_changes_no_valid_pixel(made) -> None:
+    """GDAL's warper (what TorchGeo's RasterDataset reads through) treats 0 as a hole:
+    with no valid pixel at 0, a bilinear warp onto the chip's own grid changes nothing."""
+    _, out, _ = made
+    for i in range(9):
+        with rasterio.open(rgb_path(out, i)) as src:
+            original = src.read()
+            with WarpedVRT(src, resampling=Resampling.bilinear) as vrt:
+                warped = vrt.read(out_shape=original.shape, resampling=Resampling.bilinear)
+        valid = original > 0
+        assert np.array_equal(warped[valid], original[valid]), i
+
+
+def test_rioxarray_masks_exactly_the_nodata(made) -> None:
+    import rioxarray
+
+    aoi, out, _ = made
+    masked = rioxarray.open_rasterio(rgb_path(out, 1), masked=True)
+    with rasterio.open(aoi.images[1]) as src:
+        assert int(masked.isnull().sum()) == int((src.read([5, 3, 2]) == 0).sum()) > 0
+
+
+# --- 2. encodings carried -------------------------------------------------------------------
+
+def test_band_descriptions_and_colour_interpretation(made) -> None:
+    _, out, manifest = made
+    outputs = manifest["chips"]["chip0"]["outputs"]
+    with rasterio.open(out / AOI / outputs["rgb"]) as src:
+        assert src.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
+        assert src.descriptions == ("PS-MS band 5", "PS-MS band 3", "PS-MS band 2")
+    with rasterio.open(out / AOI / outputs["multichannel"]) as src:
+        assert src.descriptions[1] == "speed 11-20 mph" and src.descriptions[6] == "speed 61+ mph"
+        assert src.descriptions[7] == "road"
+    with rasterio.open(out / AOI / outputs["binary"]) as src:
+        assert src.descriptions == ("road",)
+    ds = xr.open_zarr(out / AOI / f"{AOI}.zarr")
+    assert ds["mask_multichannel"].attrs["band_descriptions"] == list(MASK_ENCODINGS["multichannel"].bands)
+    assert ds["mask_binned"].attrs["description"] == MASK_ENCODINGS["binned"].values
+    assert all(v.dtype == np.uint8 for v in ds.data_vars.values())  # no float promotion
+
+
+# --- 3. spatial folds in CRESI's format ------------------------------------------------------
+
+def cresi_folds(path: Path, names: list[str]) -> tuple[list[list[str]], list[list[str]]]:
+    """CRESI's get_csv_folds, from its documented behaviour: index = image file name, a
+    `fold` column, m = max(fold) + 1 folds, train/test lists of file names per fold."""
+    df = pd.read_csv(path, index_col=0)
+    m = int(df["fold"].max()) + 1
+    train, test = [], []
+    for fold in range(m):
+        test.append([n for n in names if n in df.index and df.loc[n, "fold"] == fold])
+        train.append([n for n in names if n in df.index and df.loc[n, "fold"] != fold])
+    return train, test
+
+
+def test_folds_are_listed_chips_with_masks_and_load_in_cresis_logic(made) -> None:
+    _, out, manifest = made
+    folds_path = out / AOI / "folds.csv"
+    names = sorted(p.name for p in (out / AOI / "PS-RGB").glob("*.tif"))
+    assert len(names) == 9  # the unlabelled chip keeps its RGB ...
+    df = pd.read_csv(folds_path, index_col=0)
+    assert list(df.columns) == ["fold"] and len(df) == 8  # ... and stays out of the folds
+    assert f"SN5_roads_train_{AOI}_PS-RGB_chip8.tif" not in df.index
+    assert sorted(df["fold"].unique()) == [0, 1, 2, 3, 4]
+    train, test = cresi_folds(folds_path, names)
+    assert len(test) == 5 and sorted(sum(test, [])) == sorted(df.index)
+    for fold in range(5):
+        for name in train[fold] + test[fold]:
+            with rasterio.open(out / AOI / "PS-RGB" / name) as image, \
+                    rasterio.open(out / AOI / "masks" / "multichannel" / name) as mask:
+                assert image.shape == mask.shape and mask.count == 8
+    for chip_id, entry in manifest["chips"].items():
+        assert (entry["fold"] is None) == (chip_id == "chip8")
+    ds = xr.open_zarr(out / AOI / f"{AOI}.zarr")
+    assert ds["has_labels"].values.tolist() == [True] * 8 + [False]
+
+
+# --- 4. STAC ---------------------------------------------------------------------------------
+
+def schema_validator(schema_url: str):
+    import jsonschema
+    from referencing import Registry, Resource
+
+    def retrieve(uri: str) -> Resource:
+        path = SCHEMAS / uri.split("://", 1)[1].split("#")[0]
+        return Resource.from_contents(json.loads(path.read_text()))
+
+    registry = Registry(retrieve=retrieve)
+    schema = retrieve(schema_url).contents
+    return jsonschema.Draft7Validator(schema, registry=registry)
+
+
+def validate_stac(document: dict) -> None:
+    kind = {"Feature": "item-spec/json-schema/item.json", "Catalog": "catalog-spec/json-schema/catalog.json",
+            "Collection": "collection-spec/json-schema/collection.json"}[document["type"]]
+    schema_validator(f"https://schemas.stacspec.org/v1.0.0/{kind}").validate(document)
+    for extension in document.get("stac_extensions", []):
+        schema_validator(extension).validate(document)
+
+
+def test_stac_catalog_validates_offline_and_reads_with_pystac(made) -> None:
+    import pystac
+
+    _, out, manifest = made
+    documents = [out / "catalog.json", out / AOI / "collection.json", *sorted((out / AOI / "stac").glob("*.json"))]
+    for path in documents:
+        validate_stac(json.loads(path.read_text()))
+    catalog = pystac.Catalog.from_file(str(out / "catalog.json"))
+    (collection,) = catalog.get_children()
+    items = {item.id: item for item in collection.get_items()}
+    assert len(items) == 9 + 8  # an image item per chip, a label item per labelled chip
+    for chip_id, entry in manifest["chips"].items():
+        image = items[f"{AOI}-{chip_id}"]
+        href = image.assets["image"].get_absolute_href()
+        with rasterio.open(href) as src:
+            assert list(src.transform)[:6] == image.properties["proj:transform"]
+            assert [src.height, src.width] == image.properties["proj:shape"]
+        assert image.properties["proj:code"] == "EPSG:4326"
+        label = items.get(f"{AOI}-{chip_id}-label")
+        if chip_id == "chip8":
+            assert label is None
+            continue
+        assert label.properties["sn5dask:fold"] == entry["fold"]
+        assert label.properties["label:type"] == "raster"
+        (source,) = label.get_links("source")
+        assert source.resolve_stac_object().target.id == image.id
+        for kind in ("binary", "continuous", "binned", "multichannel"):
+            assert Path(label.assets[kind].get_absolute_href()) == out / AOI / entry["outputs"][kind]
+
+
+def test_stac_validation_catches_a_broken_item(made) -> None:
+    import jsonschema
+
+    _, out, _ = made
+    document = json.loads((out / AOI / "stac" / "chip0-label.json").read_text())
+    document["properties"]["label:type"] = "pixels"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_stac(document)
+
+
+def test_catalog_is_identical_after_a_resume(made, client) -> None:
+    aoi, out, _ = made
+    before = {p: p.read_bytes() for p in out.rglob("*.json") if "stac" in p.parts or p.name.endswith("n.json")}
+    before[out / AOI / "folds.csv"] = (out / AOI / "folds.csv").read_bytes()
+    again = sn5dask.run(load_config(None, root=str(aoi.root), out=str(out)), client=client)
+    assert again.aois[0].processed == 0
+    for path, data in before.items():
+        assert path.read_bytes() == data, path
+
+
+# --- 5. georeferenced Zarr --------------------------------------------------------------------
+
+def test_zarr_chips_are_their_geotiffs_for_rioxarray_and_odc_geo(made, tmp_path) -> None:
+    import odc.geo.xr  # noqa: F401
+    import rioxarray  # noqa: F401
+
+    _, out, manifest = made
+    ds = sn5dask.open_store(str(out / AOI / f"{AOI}.zarr"))
+    assert "crs_wkt" in ds["spatial_ref"].attrs and ds["rgb"].dtype == np.uint8
+    for chip_id in ("chip0", "chip5"):
+        outputs = manifest["chips"][chip_id]["outputs"]
+        for var, kind in (("rgb", "rgb"), ("mask_multichannel", "multichannel"), ("mask_binned", "binned")):
+            chip = sn5dask.chip_dataarray(ds, chip_id, var=var)
+            with rasterio.open(out / AOI / outputs[kind]) as src:
+                assert chip.rio.crs == src.crs and chip.rio.transform() == src.transform
+                assert chip.rio.bounds() == tuple(src.bounds)
+                assert chip.odc.geobox.affine == src.transform and chip.odc.geobox.shape == src.shape
+                assert np.array_equal(np.asarray(chip.values).reshape(src.count, *src.shape), src.read())
+                written = tmp_path / f"{chip_id}-{var}.tif"
+                chip.rio.to_raster(written, recalc_transform=False)
+                with rasterio.open(written) as back:
+                    assert np.array_equal(back.read(), src.read())
+                    assert back.transform == src.transform and back.crs == src.crs
+
+
+def test_xbatcher_batches_over_chips_without_padding(made) -> None:
+    import xbatcher
+
+    _, out, _ = made
+    ds = sn5dask.open_store(str(out / AOI / f"{AOI}.zarr"))
+    seen = 0
+    for chip_id in ds["chip_id"].values[:3]:
+        chip = sn5dask.chip_dataarray(ds, str(chip_id), var="rgb")  # unpadded: no zero border
+        for batch in xbatcher.BatchGenerator(chip, input_dims={"y": 32, "x": 32}):
+            assert batch.dtype == np.uint8 and batch.sizes["y"] == batch.sizes["x"] == 32
+            y0 = int(np.argmin(np.abs(chip.y.values - batch.y.values[0])))
+            x0 = int(np.argmin(np.abs(chip.x.values - batch.x.values[0])))
+            assert np.array_equal(batch.values, chip.values[:, y0:y0 + 32, x0:x0 + 32])
+            seen += 1
+    assert seen == 3 * 9
+
+
+# --- 6. the loader -----------------------------------------------------------------------------
+
+def test_chip_dataset_reads_folds_crops_and_class_indices(made) -> None:
+    from sn5dask.training import ChipDataset
+
+    _, out, manifest = made
+    everything = ChipDataset(str(out), AOI)
+    assert len(everything) == 8 and "torch" not in sys.modules
+    first = everything[0]
+    assert first["image"].shape == (3, 96, 96) and first["image"].dtype == np.uint8
+    assert first["mask"].shape == (8, 96, 96) and set(np.unique(first["mask"])) <= {0, 255}
+    with rasterio.open(out / AOI / manifest["chips"][first["chip_id"]]["outputs"]["multichannel"]) as src:
+        assert np.array_equal(first["mask"], src.read())
+
+    train = ChipDataset(str(out), AOI, folds=(0, 1, 2), crop=48, index_masks=True, masks="binned", seed=7)
+    assert 0 < len(train) < 8 and all(item.fold in (0, 1, 2) for item in train.items)
+    a, b = train[1], train[1]
+    assert np.array_equal(a["image"], b["image"]) and a["image"].shape == (3, 48, 48)  # deterministic
+    assert a["mask"].shape == (48, 48) and a["mask"].max() <= 7
+    other_seed = ChipDataset(str(out), AOI, folds=(0, 1, 2), crop=48, seed=8)[1]
+    assert not np.array_equal(a["image"], other_seed["image"])
+
+    zarr = ChipDataset(str(out), AOI, source="zarr")
+    for i in (0, 5):
+        assert np.array_equal(zarr[i]["image"], everything[i]["image"])
+        assert np.array_equal(zarr[i]["mask"], everything[i]["mask"])
+    with pytest.raises(ValueError, match="continuous"):
+        ChipDataset(str(out), AOI, masks="continuous", index_masks=True)
