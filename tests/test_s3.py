@@ -76,6 +76,9 @@ def test_s3_in_s3_out_equals_local(small_aoi, s3_env, tmp_path, monkeypatch) -> 
         assert remote_ds[name].dtype == np.uint8
         assert np.array_equal(remote_ds[name].values, local_ds[name].values), name
     assert not [p for p in fs.find("spacenet/out") if p.endswith(".partial") or p.endswith(".lock")]
+    # the STAC catalog and folds are written on S3 too, the same documents as locally
+    for relpath in ("catalog.json", f"{AOI}/collection.json", f"{AOI}/stac/chip0-label.json", f"{AOI}/folds.csv"):
+        assert fs.cat_file(f"spacenet/out/{relpath}") == (tmp_path / "local" / relpath).read_bytes(), relpath
 
     validate = sn5dask_cli("validate", "s3://spacenet/out", env=s3_env)
     text, _ = validate.communicate(timeout=120)
