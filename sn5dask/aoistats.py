@@ -2,8 +2,9 @@
 
 `scan_chip` runs on a worker per chip (first read); `combine_scans` is the reduction step
 (associative, so dask can apply it as a tree); `finalize_scan` turns the summed histogram
-into exact percentiles. Only the finalized `AoiStats` (percentiles, counts and each
-chip's small header) ever reaches the client; histograms stay on the workers.
+into exact percentiles. Only the finalized `AoiStats` (percentiles, counts, each chip's
+small header and the AOI's one summed histogram) reaches the client; the per-chip
+histograms stay on the workers.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class AoiStats:
     headers: dict[str, ChipHeader]
     errors: dict[str, str]
     band_counts: dict[str, int] = field(default_factory=dict)
+    #: The AOI's summed histogram, int64 (band, 65536) (AOI stretch only): 1.5 MB, kept so
+    #: that plots of it never read the AOI again.
+    histogram: np.ndarray | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -138,4 +142,5 @@ def finalize_scan(
         headers=scan.headers,
         errors=scan.errors,
         band_counts=scan.band_counts,
+        histogram=scan.histogram if with_histogram else None,
     )

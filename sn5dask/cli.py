@@ -320,6 +320,36 @@ def validate(out: Annotated[str, typer.Argument(help="An sn5dask output folder o
 
 
 @app.command()
+def dashboard(
+    out: Annotated[str, typer.Argument(help="An sn5dask output folder or s3:// URL (it may not exist yet)")],
+    root: Annotated[Optional[str], typer.Option(show_default=False, help="Dataset root, to start runs from the dashboard")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(show_default="DASK_SCHEDULER_ADDRESS, else a LocalCluster", help="Scheduler for runs started from the dashboard")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, show_default="one per core", help="LocalCluster worker processes")] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1")] = 5006,
+) -> None:
+    """Serve the interactive dashboard of OUT on 127.0.0.1 (live while a run writes there)."""
+    _setup_logging(False)
+    if scheduler is not None:
+        from sn5dask.config import check_scheduler_address
+
+        try:
+            check_scheduler_address(scheduler, "--scheduler")
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+    try:
+        from sn5dask.dashboard import serve
+    except ImportError as exc:
+        raise _fail(f"the dashboard needs its extra ({exc.name} is missing): pip install 'sn5dask[dashboard]'") from None
+    err_console.print(f"sn5dask dashboard: http://127.0.0.1:{port}/ (Ctrl-C stops it)", highlight=False)
+    try:
+        serve(out, root=root, scheduler=scheduler, port=port, workers=workers)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    except OSError as exc:
+        raise _fail(f"port {port}: {exc.strerror or exc}; choose another with --port") from None
+
+
+@app.command()
 def versions() -> None:
     """Print the versions of sn5dask and its key libraries (for bug reports)."""
     from sn5dask.versions import show_versions

@@ -7,6 +7,7 @@ OUT/<AOI>/<AOI>.zarr                 the Zarr store; a chip's place in it is "<A
 OUT/<AOI>/stats.json                 percentiles, counts, params, versions
 OUT/<AOI>/manifest.json              the resume record
 OUT/<AOI>/folds.csv                  spatial folds of the chips with masks (CRESI's format)
+OUT/<AOI>/histograms.npz             the AOI's per-band histograms (AOI stretch), for plots
 OUT/<AOI>/.sn5dask.lock              held while a run writes here
 OUT/<AOI>/logs/<chip_id>.log         the traceback of a chip's unexpected error
 ```
@@ -34,6 +35,7 @@ MASKS_FOLDER = "masks"
 LOGS_FOLDER = "logs"
 STATS_NAME = "stats.json"
 FOLDS_NAME = "folds.csv"
+HISTOGRAMS_NAME = "histograms.npz"
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".sn5dask.lock"
 ZARR_SUFFIX = ".zarr"
@@ -170,6 +172,10 @@ class AoiLayout:
     @property
     def stats_url(self) -> str:
         return self.url(STATS_NAME)
+
+    @property
+    def histograms_url(self) -> str:
+        return self.url(HISTOGRAMS_NAME)
 
     @property
     def folds_url(self) -> str:

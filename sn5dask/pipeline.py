@@ -11,6 +11,7 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 from distributed import Client, as_completed
 
 from sn5dask import files, stac
@@ -381,11 +383,17 @@ def write_stats(
         "stretch": config.stretch_scope,
         "n_chips": len(catalog.chips),
         "unreadable_chips": stats.errors,
+        # footprints (west, south, east, north in WGS84) of every chip the scan read
+        "chip_bboxes": {chip_id: list(stac.lonlat_bbox(h)) for chip_id, h in stats.headers.items()},
         "params": params,
         "versions": versions(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(writer, layout.stats_url, document)
+    if stats.histogram is not None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, bands=np.array(stats.bands), histogram=stats.histogram)
+        writer.write_bytes(layout.histograms_url, buffer.getvalue())
 
 
 def start_manifest(
@@ -442,7 +450,8 @@ def process_chips(
                     f"{chip.image}: worker lost while processing this chip "
                     f"({type(exc).__name__}: {exc}); re-run to retry it",
                 )
-            future.release()
+            # The future is kept (its result is a small ChipResult) until the AOI is done:
+            # released results vanish from dask's Progress pane, which would never fill.
             manifest.chips[chip.chip_id] = result.entry
             timings.append(result.timings)
             reporter.chip_finished(catalog.aoi, result)
@@ -455,6 +464,7 @@ def process_chips(
             client.cancel([f for f in futures if not f.done()])
         # Also on Ctrl-C: record what finished, so a re-run resumes from here.
         write_manifest(manifest, job.layout, writer, final=True)
+        client.cancel(futures)  # releases every result on the cluster at once
     return timings
 
 
