@@ -177,6 +177,7 @@ def run_aoi(
         write_stats(layout, writer, catalog, config, stats, params)
         manifest = start_manifest(config, catalog, params, stats, done)
         todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
+        write_manifest(manifest, layout, writer, final=False)  # watchers see the run at once
         reporter.aoi_started(
             catalog.aoi, len(catalog.chips), len(done), len(manifest.chips) - len(done)
         )

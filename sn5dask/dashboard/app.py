@@ -13,6 +13,7 @@ distribution in the masks' own bins, and a map of chip footprints coloured by st
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import ExitStack
 from typing import Any
 
@@ -29,6 +30,37 @@ OVERLAYS = ["none", "binary", "continuous", "binned"] + [f"multichannel: {name}"
 REFRESH_MS = 1000
 
 
+class LiveCounts:
+    """A `pipeline.Reporter` that keeps each AOI's counts as chips finish (per chip, where
+    the manifest is rewritten only every 2 s)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, data.Progress] = {}
+        self.started: dict[str, float] = {}
+
+    def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None:
+        pass
+
+    def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
+        self.counts[aoi] = data.Progress(total=total, ok=already_done, failed=already_failed, running=True)
+        self.started[aoi] = time.monotonic()
+
+    def chip_finished(self, aoi: str, result: Any) -> None:
+        progress = self.counts[aoi]
+        setattr(progress, result.status, getattr(progress, result.status) + 1)
+        elapsed = time.monotonic() - self.started[aoi]
+        made = progress.done
+        if elapsed > 0 and made:
+            progress.chips_per_second = made / elapsed
+            progress.eta_seconds = (progress.total - progress.done) / progress.chips_per_second
+
+    def aoi_finished(self, summary: Any) -> None:
+        progress = self.counts.get(summary.aoi)
+        if progress is not None:
+            progress.running = False
+            progress.eta_seconds = None
+
+
 class RunController:
     """The cluster the dashboard keeps (one per process, shared by every browser session)
     and the run it started, if any. The cluster stays up after a run, so the Dask
@@ -41,6 +73,7 @@ class RunController:
         self.thread: threading.Thread | None = None
         self.error: str | None = None
         self.lock = threading.Lock()
+        self.live = LiveCounts()
 
     @property
     def client(self) -> Any:
@@ -66,9 +99,12 @@ class RunController:
         client = self.client
         self.error = None
 
+        self.live = LiveCounts()
+        live = self.live
+
         def work() -> None:
             try:
-                run(config, client=client)
+                run(config, client=client, reporter=live)
             except Exception as exc:  # shown in the dashboard, never a dead thread
                 self.error = f"{type(exc).__name__}: {exc}"
 
@@ -135,7 +171,7 @@ class Dashboard:
     def load_aoi(self) -> None:
         """(Re)load everything of the AOI picked: table, histograms, speed, map."""
         if self.aoi.value is None:
-            choices = data.aois(self.out)
+            choices = sorted(set(data.aois(self.out)) | set(self.controller.live.counts))
             if choices:
                 self.aoi.options, self.aoi.value = choices, choices[0]
             return
@@ -155,6 +191,9 @@ class Dashboard:
                 return
         assert self._watch is not None
         progress = self._watch.read()
+        live = self.controller.live.counts.get(str(self.aoi.value))
+        if live is not None and (live.running or live.done >= progress.done):
+            progress = live  # a run started here: counted per chip
         self.status.object = self._status_text(progress)
         if progress.done == self._last_done:
             return

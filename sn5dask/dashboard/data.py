@@ -19,7 +19,7 @@ import numpy as np
 from sn5dask import files
 from sn5dask.encodings import SPEED_BINS
 from sn5dask.errors import ManifestError
-from sn5dask.layout import AoiLayout, layouts_under
+from sn5dask.layout import STATS_NAME, AoiLayout, layouts_under
 from sn5dask.manifest import Manifest
 from sn5dask.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS, speed_bin
 from sn5dask.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
@@ -28,8 +28,16 @@ STATUS_COLOURS = {"ok": "#2ca02c", "skipped": "#ff7f0e", "failed": "#d62728", "p
 
 
 def aois(out: str) -> list[str]:
-    """The AOIs with a manifest under `out`, sorted."""
-    return sorted(layout.aoi for layout in layouts_under(out))
+    """The AOIs with run output under `out` (a manifest, or the stats.json a run writes
+    before its first chip), sorted."""
+    found = {layout.aoi for layout in layouts_under(out)}
+    try:
+        fs, base = files.filesystem(out)
+        for path in fs.glob(f"{base.rstrip('/')}/*/{STATS_NAME}"):
+            found.add(path.rstrip("/").split("/")[-2])
+    except (OSError, ValueError):
+        pass
+    return sorted(found)
 
 
 def read_json(url: str) -> Any | None:
