@@ -155,6 +155,16 @@ class FaultyProxy:
             def log_message(self, *args) -> None:  # quiet
                 pass
 
+            def _error(self, status: int, code: str, message: str) -> None:
+                payload = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                           f"<Message>{message}</Message></Error>").encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":  # a HEAD answer has no body
+                    self.wfile.write(payload)
+
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
@@ -162,26 +172,12 @@ class FaultyProxy:
                     proxy.count += 1
                     n = proxy.count
                 if deny is not None and deny(self.headers):
-                    payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>AccessDenied</Code>"
-                               b"<Message>Access Denied</Message></Error>")
-                    self.send_response(403)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(payload)
+                    self._error(403, "AccessDenied", "Access Denied")
                     return
                 if fail(self.command, self.path, n):
                     with proxy.lock:
                         proxy.failed += 1
-                    payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
-                               b"<Message>Please reduce your request rate.</Message></Error>")
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    if self.command != "HEAD":  # a HEAD answer has no body
-                        self.wfile.write(payload)
+                    self._error(503, "SlowDown", "Please reduce your request rate.")
                     return
                 connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
