@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sn5dask import chipcache
 from sn5dask.catalog import ChipRecord
 from sn5dask.chipio import ChipReader
 from sn5dask.errors import TooFewBandsError, guard_chip
@@ -32,6 +33,8 @@ class AoiScan:
     errors: dict[str, str] = field(default_factory=dict)
     #: chips that have too few bands for `--bands`: chip id -> their band count
     band_counts: dict[str, int] = field(default_factory=dict)
+    #: S3 chips copied to a worker by the scan: chip id -> that worker's address
+    cached_on: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class AoiStats:
     #: The AOI's summed histogram, int64 (band, 65536) (AOI stretch only): 1.5 MB, kept so
     #: that plots of it never read the AOI again.
     histogram: np.ndarray | None = None
+    #: S3 chips the scan left a local copy of: chip id -> the worker that holds it
+    cached_on: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -81,6 +86,15 @@ def scan_chip(
         return scan
 
     def read() -> tuple[ChipHeader, np.ndarray | None]:
+        if with_histogram and chipcache.enabled(chip.image):
+            # One GET for both passes: the write task runs here and reads this copy.
+            try:
+                if chipcache.fetch(chip.image, _stamp_size(chip.image_stamp)) is not None:
+                    address = chipcache.worker_address()
+                    if address:
+                        scan.cached_on[chip.chip_id] = address
+            except OSError:
+                pass  # read S3 directly below (and report any error from there)
         try:
             if not with_histogram:
                 return reader.read_header(chip.image, bands), None
@@ -104,6 +118,14 @@ def scan_chip(
     return scan
 
 
+def _stamp_size(stamp: str | None) -> int | None:
+    """The byte size recorded in a discovery stamp ("size:version")."""
+    try:
+        return int(str(stamp).split(":", 1)[0])
+    except ValueError:
+        return None
+
+
 def combine_scans(*scans: AoiScan) -> AoiScan:
     """Sum of several partial scans (associative and commutative)."""
     out = AoiScan()
@@ -116,6 +138,7 @@ def combine_scans(*scans: AoiScan) -> AoiScan:
         out.headers.update(scan.headers)
         out.errors.update(scan.errors)
         out.band_counts.update(scan.band_counts)
+        out.cached_on.update(scan.cached_on)
     return out
 
 
@@ -143,4 +166,5 @@ def finalize_scan(
         errors=scan.errors,
         band_counts=scan.band_counts,
         histogram=scan.histogram if with_histogram else None,
+        cached_on=scan.cached_on,
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sn5dask import chipcache
 from sn5dask.catalog import ChipRecord
 from sn5dask.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader
 from sn5dask.config import RunConfig
@@ -95,6 +96,7 @@ def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) 
         return True
 
     outcome = guard_chip(chip.image, work)
+    chipcache.evict(chip.image)  # the write pass is the chip's last read
     if outcome.reason is not None:
         result.entry.status, result.entry.reason = "failed", outcome.reason
         if outcome.traceback is not None:

@@ -14,7 +14,7 @@ Shapes, and why:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import dask
 from dask.delayed import Delayed
@@ -67,15 +67,28 @@ def scan_graph(
     )
 
 
-def chip_tasks(chips: Sequence[tuple[ChipRecord, int]], job: ChipJob) -> list[Delayed]:
+def chip_tasks(
+    chips: Sequence[tuple[ChipRecord, int]],
+    job: ChipJob,
+    placement: Mapping[str, str] | None = None,
+) -> list[Delayed]:
     """One delayed `process_chip` per (chip, index in the AOI), in the given order.
 
     Keys name the chip (`process_chip-<AOI>-<chip id>-<token>`), so dask's dashboard shows
-    which chip a task is; the token keeps two runs on one cluster apart.
+    which chip a task is; the token keeps two runs on one cluster apart. `placement` maps
+    a chip id to the worker holding the local copy the scan made of it (S3 chips): the
+    task prefers that worker, and runs elsewhere if it is gone (then it reads S3 again).
     """
     task = dask.delayed(process_chip, pure=False)
     token = uuid.uuid4().hex[:12]
-    return [
-        task(chip, job, index, dask_key_name=f"process_chip-{chip.aoi}-{chip.chip_id}-{token}")
-        for chip, index in chips
-    ]
+    placement = placement or {}
+    tasks = []
+    for chip, index in chips:
+        key = f"process_chip-{chip.aoi}-{chip.chip_id}-{token}"
+        address = placement.get(chip.chip_id)
+        if address is None:
+            tasks.append(task(chip, job, index, dask_key_name=key))
+            continue
+        with dask.annotate(workers=[address], allow_other_workers=True):
+            tasks.append(task(chip, job, index, dask_key_name=key))
+    return tasks

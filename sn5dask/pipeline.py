@@ -189,7 +189,9 @@ def run_aoi(
             reader=reader,
             writer=writer,
         )
-        timings = process_chips(client, job, catalog, todo, manifest, writer, reporter)
+        timings = process_chips(
+            client, job, catalog, todo, manifest, writer, reporter, stats.cached_on
+        )
         manifest.chips = {c.chip_id: manifest.chips[c.chip_id] for c in catalog.chips}
         assign_folds(manifest, catalog, stats, config)
         write_manifest(manifest, layout, writer, final=True)
@@ -432,10 +434,13 @@ def process_chips(
     manifest: Manifest,
     writer: OutputWriter,
     reporter: Reporter,
+    placement: dict[str, str] | None = None,
 ) -> list[dict[str, float]]:
-    """Compute the chip tasks, recording each result in the manifest as it finishes."""
+    """Compute the chip tasks, recording each result in the manifest as it finishes.
+    `placement`: chip id -> the worker holding its S3 copy (`chipcache`)."""
     index = {c.chip_id: i for i, c in enumerate(catalog.chips)}
-    futures = client.compute(chip_tasks([(chip, index[chip.chip_id]) for chip in todo], job))
+    tasks = chip_tasks([(chip, index[chip.chip_id]) for chip in todo], job, placement)
+    futures = client.compute(tasks, optimize_graph=False)  # keep each task's placement
     chips_of = dict(zip(futures, todo, strict=True))
     timings: list[dict[str, float]] = []
     last_write = time.monotonic()

@@ -21,7 +21,7 @@ from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.session import DummySession, Session
 
-from sn5dask import files
+from sn5dask import chipcache, files
 from sn5dask.config import COMPRESSIONS
 from sn5dask.errors import ImageError, TooFewBandsError
 
@@ -177,6 +177,11 @@ def gdal_path(url: str) -> str:
 def _open(path: str) -> Iterator[rasterio.DatasetReader]:
     if "://" not in path:
         files.require_regular_file(path)
+    local = chipcache.lookup(path) if path.startswith("s3://") else None
+    if local is not None:  # the copy the scan pass made on this worker
+        with rasterio.open(local) as src:
+            yield src
+        return
     if path.startswith("s3://") and "?" in path:
         # GDAL's /vsis3/ cuts a name at "?" (its option syntax) whatever the escaping:
         # such an object is fetched whole through fsspec and opened from memory.

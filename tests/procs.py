@@ -148,6 +148,8 @@ class FaultyProxy:
         self.count = 0
         self.failed = 0
         self.lock = threading.Lock()
+        #: bytes of response bodies served per request path (GETs), to count S3 traffic
+        self.bytes_served: dict[str, int] = {}
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -194,6 +196,9 @@ class FaultyProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+                    with proxy.lock:
+                        key = urllib.parse.unquote(self.path.split("?", 1)[0])
+                        proxy.bytes_served[key] = proxy.bytes_served.get(key, 0) + len(data)
                 connection.close()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle

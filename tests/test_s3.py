@@ -188,3 +188,36 @@ def test_no_credentials_and_a_private_bucket_is_one_line(small_aoi, s3_env, tmp_
     text = " ".join(output.split())
     assert "s3://private/in: access denied when read anonymously" in text
     assert "No AWS credentials were found in the AWS_ACCESS_KEY_ID" in text and "aws configure" in text
+
+
+def served_per_chip(small_aoi, s3_env, tmp_path, bucket: str, extra_env: dict[str, str]) -> list[float]:
+    """Bytes of each chip image served by S3 during a run, over the image's size."""
+    from tests.procs import FaultyProxy
+
+    upload(s3_env, small_aoi.root, bucket, "in")
+    with FaultyProxy(s3_env["AWS_ENDPOINT_URL"], lambda *a: False) as proxy:
+        env = {**s3_env, "AWS_ENDPOINT_URL": proxy.url, **extra_env}
+        process = sn5dask_cli("run", f"s3://{bucket}/in", "--out", tmp_path / bucket, "--workers", "2",
+                              "--formats", "geotiff", env=env)
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+        served = dict(proxy.bytes_served)
+    ratios = []
+    for image in small_aoi.images:
+        key = f"/{bucket}/in/{image.relative_to(small_aoi.root)}"
+        ratios.append(served.get(key, 0) / image.stat().st_size)
+    return ratios
+
+
+def test_each_s3_byte_crosses_the_network_once(small_aoi, s3_env, tmp_path) -> None:
+    """The scan copies each chip to its worker; the write task runs there and reads it."""
+    once = served_per_chip(small_aoi, s3_env, tmp_path, "once", {})
+    assert all(0.99 <= r <= 1.05 for r in once), once
+    # Without the copies both passes read S3 (GDAL's own in-process cache spares the second
+    # read only when one worker happens to do both passes of a chip).
+    twice = served_per_chip(small_aoi, s3_env, tmp_path, "twice", {"DASK_SN5DASK__CHIP_CACHE_BYTES": "0"})
+    assert max(twice) >= 1.9 and sum(twice) > 1.3 * sum(once), twice
+    for name in ("once", "twice"):  # the outputs are the same either way
+        for rgb in sorted((tmp_path / "once" / AOI / "PS-RGB").glob("*.tif")):
+            twin = tmp_path / name / AOI / "PS-RGB" / rgb.name
+            assert np.array_equal(rasterio.open(rgb).read(), rasterio.open(twin).read())
