@@ -49,6 +49,8 @@ def main() -> None:
         after = sum(client.run(worker_cpu).values())
         client_cpu = time.process_time() - client_cpu
     n = summary.aois[0].processed
+    if summary.aois[0].counts["failed"]:
+        raise SystemExit(f"chips failed: {summary.aois[0].failures[:3]}")
     print(f"{n} chips ({args.formats}): {seconds:.1f} s wall = {seconds / n * 1000:.1f} ms per chip; "
           f"workers' CPU {(after - before) / n * 1000:.1f} ms per chip; client CPU "
           f"{client_cpu / n * 1000:.1f} ms per chip; client peak RSS "
