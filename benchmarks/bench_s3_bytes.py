@@ -25,13 +25,12 @@ from sn5dask.synthetic import make_synthetic_aoi  # noqa: E402
 from tests.procs import FaultyProxy, moto_server, sn5dask_cli  # noqa: E402
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chips", type=int, default=12)
-    parser.add_argument("--size", type=int, default=1300)
-    args = parser.parse_args()
+def measure_s3_bytes(chips: int, size: int) -> dict[str, tuple[list[float], float]]:
+    """{run label: (bytes served / image size per chip, run seconds)}, with and without the
+    worker-local chip copies."""
     work = Path(tempfile.mkdtemp(prefix="sn5dask-s3-bytes-"))
-    aoi = make_synthetic_aoi(work / "in", n_chips=args.chips, size=args.size, seed=1)
+    aoi = make_synthetic_aoi(work / "in", n_chips=chips, size=size, seed=1)
+    results: dict[str, tuple[list[float], float]] = {}
     with moto_server() as env:
         import boto3
 
@@ -54,9 +53,19 @@ def main() -> None:
                     raise SystemExit(output)
                 ratios = [proxy.bytes_served.get(f"/bench/in/{image.relative_to(aoi.root)}", 0) / image.stat().st_size
                           for image in aoi.images]
-            print(f"{label:20s} bytes served / chip size: min {min(ratios):.3f} / median "
-                  f"{statistics.median(ratios):.3f} / max {max(ratios):.3f}   run {seconds:.1f} s "
-                  f"({args.chips} chips of {args.size} px)")
+            results[label] = (ratios, seconds)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chips", type=int, default=12)
+    parser.add_argument("--size", type=int, default=1300)
+    args = parser.parse_args()
+    for label, (ratios, seconds) in measure_s3_bytes(args.chips, args.size).items():
+        print(f"{label:20s} bytes served / chip size: min {min(ratios):.3f} / median "
+              f"{statistics.median(ratios):.3f} / max {max(ratios):.3f}   run {seconds:.1f} s "
+              f"({args.chips} chips of {args.size} px)")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,31 @@ from sn5dask.config import load_config
 from sn5dask.synthetic import make_synthetic_aoi
 
 
-def worker_cpu() -> float:
-    times = psutil.Process().cpu_times()
-    return times.user + times.system
+def measure_small_chips(chips: int, size: int, formats: str = "geotiff,zarr") -> dict[str, float]:
+    """Per chip: wall ms, workers' CPU ms, client CPU ms; and the client's peak RSS (MiB)."""
+
+    def worker_cpu() -> float:  # nested: pickled by value (workers can't import this file)
+        times = psutil.Process().cpu_times()
+        return times.user + times.system
+
+    work = Path(tempfile.mkdtemp(prefix="sn5dask-small-"))
+    aoi = make_synthetic_aoi(work / "in", n_chips=chips, size=size, seed=2, roads_per_chip=(2, 4))
+    with get_client(workers=2) as client:
+        before = sum(client.run(worker_cpu).values())
+        client_cpu = time.process_time()
+        started = time.perf_counter()
+        summary = sn5dask.run(load_config(None, root=str(aoi.root), out=str(work / "out"),
+                                          formats=formats), client=client)
+        seconds = time.perf_counter() - started
+        after = sum(client.run(worker_cpu).values())
+        client_cpu = time.process_time() - client_cpu
+    if summary.aois[0].counts["failed"]:
+        raise SystemExit(f"chips failed: {summary.aois[0].failures[:3]}")
+    n = summary.aois[0].processed
+    shutil.rmtree(work, ignore_errors=True)
+    return {"chips": n, "wall_ms": seconds / n * 1000, "worker_cpu_ms": (after - before) / n * 1000,
+            "client_cpu_ms": client_cpu / n * 1000,
+            "client_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> None:
@@ -34,28 +56,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--formats", default="geotiff,zarr")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="sn5dask-small-"))
-    started = time.perf_counter()
-    aoi = make_synthetic_aoi(work / "in", n_chips=args.chips, size=args.size, seed=2,
-                             roads_per_chip=(2, 4))
-    print(f"generated {args.chips} chips of {args.size} px in {time.perf_counter() - started:.0f} s")
-    with get_client(workers=2) as client:
-        before = sum(client.run(worker_cpu).values())
-        client_cpu = time.process_time()
-        started = time.perf_counter()
-        summary = sn5dask.run(load_config(None, root=str(aoi.root), out=str(work / "out"),
-                                          formats=args.formats), client=client)
-        seconds = time.perf_counter() - started
-        after = sum(client.run(worker_cpu).values())
-        client_cpu = time.process_time() - client_cpu
-    n = summary.aois[0].processed
-    if summary.aois[0].counts["failed"]:
-        raise SystemExit(f"chips failed: {summary.aois[0].failures[:3]}")
-    print(f"{n} chips ({args.formats}): {seconds:.1f} s wall = {seconds / n * 1000:.1f} ms per chip; "
-          f"workers' CPU {(after - before) / n * 1000:.1f} ms per chip; client CPU "
-          f"{client_cpu / n * 1000:.1f} ms per chip; client peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-    shutil.rmtree(work, ignore_errors=True)
+    r = measure_small_chips(args.chips, args.size, args.formats)
+    print(f"{r['chips']:.0f} chips of {args.size} px ({args.formats}): {r['wall_ms']:.1f} ms wall per chip; "
+          f"workers' CPU {r['worker_cpu_ms']:.1f} ms per chip; client CPU {r['client_cpu_ms']:.1f} ms "
+          f"per chip; client peak RSS {r['client_peak_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -186,6 +186,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--memory-sizes", default="10,40,160")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "sn5dask-bench")
+    parser.add_argument("--small-chips", type=int, default=1000,
+                        help="chips of 64 px for the fixed cost per chip (0: skip)")
+    parser.add_argument("--s3-chips", type=int, default=6,
+                        help="full-size chips read from a moto S3 server, bytes counted (0: skip)")
     args = parser.parse_args()
     # Imported here, not at the top: dask's spawned workers re-import this script as
     # `__mp_main__`, and the reference script's geopandas would cost each sn5dask worker
@@ -264,6 +268,23 @@ def main() -> None:
             print(f"{size:4d} chips: {size / run['seconds']:.2f} chips/s, peak RSS client "
                   f"{mib(run['client_peak_rss'])}, workers "
                   f"{', '.join(mib(r) for r in run['worker_peak_rss'])}", flush=True)
+
+    if args.small_chips:
+        from bench_small_chips import measure_small_chips
+
+        print(f"\n== fixed cost per chip ({args.small_chips} chips of 64 px, GeoTIFF + Zarr) ==")
+        r = measure_small_chips(args.small_chips, 64)
+        print(f"{r['wall_ms']:.1f} ms wall per chip; workers' CPU {r['worker_cpu_ms']:.1f} ms per chip; "
+              f"client CPU {r['client_cpu_ms']:.1f} ms per chip", flush=True)
+    if args.s3_chips:
+        import statistics
+
+        from bench_s3_bytes import measure_s3_bytes
+
+        print(f"\n== S3 bytes per chip ({args.s3_chips} chips of 1300 px, moto on 127.0.0.1) ==")
+        for label, (ratios, seconds) in measure_s3_bytes(args.s3_chips, 1300).items():
+            print(f"{label:20s} bytes served / chip size: min {min(ratios):.3f} / median "
+                  f"{statistics.median(ratios):.3f} / max {max(ratios):.3f}   run {seconds:.1f} s", flush=True)
 
 
 if __name__ == "__main__":
