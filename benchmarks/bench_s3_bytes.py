@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sn5dask.synthetic import make_synthetic_aoi  # noqa: E402
-from tests.procs import FaultyProxy, moto_server, sn5dask_cli  # noqa: E402
+from tests.procs import FaultyProxy, moto_server, sn5dask_cli, upload_tree  # noqa: E402
 
 
 def measure_s3_bytes(chips: int, size: int) -> dict[str, tuple[list[float], float]]:
@@ -32,15 +32,7 @@ def measure_s3_bytes(chips: int, size: int) -> dict[str, tuple[list[float], floa
     aoi = make_synthetic_aoi(work / "in", n_chips=chips, size=size, seed=1)
     results: dict[str, tuple[list[float], float]] = {}
     with moto_server() as env:
-        import boto3
-
-        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-        s3.create_bucket(Bucket="bench")
-        for path in aoi.root.rglob("*"):
-            if path.is_file():
-                s3.upload_file(str(path), "bench", f"in/{path.relative_to(aoi.root)}")
+        upload_tree(env, aoi.root, "bench")
         for label, extra in (("with chip copies", {}), ("without (cache 0)", {"DASK_SN5DASK__CHIP_CACHE_BYTES": "0"})):
             with FaultyProxy(env["AWS_ENDPOINT_URL"], lambda *a: False) as proxy:
                 started = time.perf_counter()

@@ -73,7 +73,7 @@ def burn_speed_classes(
     if rules.utm_rule == "label_centroid_north":
         utm = cresi_utm_crs(labels.lines, labels.crs)
     else:
-        utm = metric_crs_containing(*_grid_centre_lonlat(grid))
+        utm = metric_crs_containing(*grid_centre_lonlat(grid))
     projected = reproject_geometries(labels.lines, labels.crs, utm)
     finite = _finite_geometries(projected)
     if not finite.all():
@@ -199,10 +199,6 @@ def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
 
 def grid_centre_lonlat(grid: GeoBox) -> tuple[float, float]:
     """(lon, lat) of the centre of a grid's footprint."""
-    return _grid_centre_lonlat(grid)
-
-
-def _grid_centre_lonlat(grid: GeoBox) -> tuple[float, float]:
     height, width = grid.shape.yx
     x, y = grid.affine @ (width / 2.0, height / 2.0)
     source = _grid_crs(grid)

@@ -174,7 +174,8 @@ def run_aoi(
         params = run_params(config, catalog, stats)
         done = resumable_chips(previous, params, config, catalog, layout, writer)
         done = prepare_store(config, catalog, layout, writer, stats, params, done)
-        write_stats(layout, writer, catalog, config, stats, params)
+        footprints = {cid: stac.lonlat_bbox(h) for cid, h in stats.headers.items()}
+        write_stats(layout, writer, catalog, config, stats, params, footprints)
         manifest = start_manifest(config, catalog, params, stats, done)
         todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
         write_manifest(manifest, layout, writer, final=False)  # watchers see the run at once
@@ -196,7 +197,7 @@ def run_aoi(
         assign_folds(manifest, catalog, stats, config)
         write_manifest(manifest, layout, writer, final=True)
         write_folds(manifest, catalog, config, layout, writer)
-        write_stac(manifest, stats, config, layout, writer)
+        write_stac(manifest, stats, footprints, config, layout, writer)
 
     counts = manifest.counts()
     summary = AoiSummary(
@@ -379,6 +380,7 @@ def write_stats(
     config: RunConfig,
     stats: AoiStats,
     params: dict[str, Any],
+    footprints: dict[str, tuple[float, float, float, float]],
 ) -> None:
     document = {
         "aoi": catalog.aoi,
@@ -387,7 +389,7 @@ def write_stats(
         "n_chips": len(catalog.chips),
         "unreadable_chips": stats.errors,
         # footprints (west, south, east, north in WGS84) of every chip the scan read
-        "chip_bboxes": {chip_id: list(stac.lonlat_bbox(h)) for chip_id, h in stats.headers.items()},
+        "chip_bboxes": {chip_id: list(box) for chip_id, box in footprints.items()},
         "params": params,
         "versions": versions(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -505,13 +507,17 @@ def write_folds(
 
 
 def write_stac(
-    manifest: Manifest, stats: AoiStats, config: RunConfig, layout: AoiLayout, writer: OutputWriter
+    manifest: Manifest,
+    stats: AoiStats,
+    footprints: dict[str, tuple[float, float, float, float]],
+    config: RunConfig,
+    layout: AoiLayout,
+    writer: OutputWriter,
 ) -> None:
     """The AOI's STAC collection and items (for GeoTIFF outputs, which the items point to)."""
     if "geotiff" not in config.formats:
         return
-    bboxes = {chip_id: stac.lonlat_bbox(header) for chip_id, header in stats.headers.items()}
-    documents = stac.aoi_documents(manifest, stats.headers, bboxes, config.bands)
+    documents = stac.aoi_documents(manifest, stats.headers, footprints, config.bands)
     for relpath, document in documents.items():
         write_json(writer, layout.url(relpath), document)
 

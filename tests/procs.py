@@ -127,6 +127,22 @@ def kill_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     process.wait(30)
 
 
+def upload_tree(env: dict[str, str], local_root: Path, bucket: str, prefix: str = "in",
+                acl: str | None = None) -> None:
+    """Create `bucket` on the moto server of `env` and upload every file under
+    `local_root` to `<prefix>/<relative path>` (with `acl`, e.g. "public-read")."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    s3.create_bucket(Bucket=bucket)
+    for path in local_root.rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local_root)}",
+                           ExtraArgs={"ACL": acl} if acl else None)
+
+
 class FaultyProxy:
     """An HTTP proxy on 127.0.0.1 in front of an S3 endpoint (moto) that answers some
     requests with 503 SlowDown instead of forwarding them.

@@ -21,7 +21,7 @@ import rasterio
 import yaml
 
 from tests.conftest import REPO
-from tests.procs import moto_server, real_cluster
+from tests.procs import moto_server, real_cluster, upload_tree
 
 DEPLOY = REPO / "deploy"
 sys.path.insert(0, str(DEPLOY / "aws"))
@@ -243,13 +243,10 @@ def test_submit_script_real_cluster_and_s3(small_aoi, tmp_path: Path) -> None:
     import boto3
 
     with moto_server() as s3_env:
+        upload_tree(s3_env, small_aoi.root, "batch")
         s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                           aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
                           aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
-        s3.create_bucket(Bucket="batch")
-        for path in small_aoi.root.rglob("*"):
-            if path.is_file():
-                s3.upload_file(str(path), "batch", f"in/{path.relative_to(small_aoi.root)}")
         config = tmp_path / "run.yaml"
         config.write_text("root: s3://batch/in\nout: s3://batch/out\nformats: [geotiff, zarr]\n")
         environment = {**os.environ, **s3_env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -150,3 +150,16 @@ def test_help_shows_defaults_and_every_flag_has_help() -> None:
     for command in typer.main.get_command(app).commands.values():
         for parameter in command.params:
             assert getattr(parameter, "help", None), (command.name, parameter.name)
+
+
+def test_dashboard_mistakes_are_one_line(tmp_path) -> None:
+    code, output = cli("dashboard", tmp_path, "--scheduler", "tcp//127.0.0.1:8786", timeout=60)
+    assert_one_line_exit_2(code, output, "--scheduler", "is not a scheduler address")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = cli("dashboard", tmp_path, "--port", port, timeout=120)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in output, output
+    assert lines[-1].startswith(f"error: port {port}:") and "choose another with --port" in lines[-1]

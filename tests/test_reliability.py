@@ -25,7 +25,7 @@ from pyproj import Transformer
 import sn5dask
 from sn5dask.config import load_config
 from tests.conftest import write_tif
-from tests.procs import FaultyProxy, kill_group, moto_server, sn5dask_cli
+from tests.procs import FaultyProxy, kill_group, moto_server, sn5dask_cli, upload_tree
 
 pytestmark = pytest.mark.faults
 AOI = "AOI_7_Moscow"
@@ -259,14 +259,7 @@ def test_s3_style_keys_are_sanitised() -> None:
 # --- faults: S3 --------------------------------------------------------------------------
 
 def upload(env: dict, root: Path, bucket: str) -> None:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
-    s3.create_bucket(Bucket=bucket)
-    for path in root.rglob("*"):
-        if path.is_file():
-            s3.upload_file(str(path), bucket, f"in/{path.relative_to(root)}")
+    upload_tree(env, root, bucket)
 
 
 @pytest.mark.slow  # a moto server

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.procs import moto_server, real_cluster, sn5dask_cli
+from tests.procs import moto_server, real_cluster, sn5dask_cli, upload_tree
 
 pytestmark = pytest.mark.slow
 AOI = "AOI_99_Synthetic"
@@ -23,15 +23,7 @@ def s3_env():
 
 
 def upload(env: dict[str, str], local_root: Path, bucket: str, prefix: str, acl: str | None = None) -> None:
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-    s3.create_bucket(Bucket=bucket)
-    for path in local_root.rglob("*"):
-        if path.is_file():
-            s3.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local_root)}",
-                           ExtraArgs={"ACL": acl} if acl else None)
+    upload_tree(env, local_root, bucket, prefix, acl)
 
 
 def test_s3_in_s3_out_equals_local(small_aoi, s3_env, tmp_path, monkeypatch) -> None:
