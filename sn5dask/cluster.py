@@ -170,7 +170,14 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
     # distributed's nanny would write its pre-spawn variables into this process's
     # os.environ (and leave them there); sn5dask hands them to the workers instead: set
     # only while the worker processes start, and as each worker's `env`.
-    local_config = {_PRE_SPAWN_KEY: {}, _METHOD_KEY: worker_start_method()}
+    # No work stealing: the write task of an S3 chip is placed on the worker holding the
+    # scan's local copy (`chipcache`), and a steal would download the chip a second time.
+    # Chips without a copy are queued on the scheduler, where nothing is stolen anyway.
+    local_config = {
+        _PRE_SPAWN_KEY: {},
+        _METHOD_KEY: worker_start_method(),
+        "distributed.scheduler.work-stealing": False,
+    }
     with dask.config.set(local_config):
         with _environ(process_environ), _sigint_ignored():
             cluster = LocalCluster(
