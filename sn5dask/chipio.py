@@ -81,9 +81,16 @@ class OutputWriter(Protocol):
         ...
 
     def write_zarr_region(
-        self, url: str, index: int, rgb: np.ndarray | None, masks: Mapping[str, np.ndarray]
+        self,
+        url: str,
+        index: int,
+        rgb: np.ndarray | None,
+        masks: Mapping[str, np.ndarray],
+        *,
+        run_token: str = "",
     ) -> None:
-        """One chip's chunks at `index` (arrays not given are written as zeros)."""
+        """One chip's chunks at `index` (arrays not given are written as zeros).
+        `run_token`: the run writing; the store may be kept open for that run."""
         ...
 
     def write_bytes(self, url: str, data: bytes) -> None:
@@ -166,11 +173,17 @@ class FileWriter:
         return zarrstore.store_chip_ids(url)
 
     def write_zarr_region(
-        self, url: str, index: int, rgb: np.ndarray | None, masks: Mapping[str, np.ndarray]
+        self,
+        url: str,
+        index: int,
+        rgb: np.ndarray | None,
+        masks: Mapping[str, np.ndarray],
+        *,
+        run_token: str = "",
     ) -> None:
         from sn5dask import zarrstore
 
-        zarrstore.write_chip(url, index, rgb, masks)
+        zarrstore.write_chip(url, index, rgb, masks, run_token=run_token)
 
     def write_bytes(self, url: str, data: bytes) -> None:
         files.write_bytes_atomic(url, data)

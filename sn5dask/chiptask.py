@@ -11,6 +11,7 @@ go through `job.reader` / `job.writer` (`chipio`), so it runs against fakes in t
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,7 @@ class ChipJob:
 
     `aoi_cuts`: the AOI-wide stretch per output band, or None for a per-chip stretch.
     `with_zarr`: write each chip's region into the AOI's store (`layout.zarr_url`).
+    `run_token`: this AOI run's name, under which workers keep the store open.
     """
 
     config: RunConfig
@@ -50,6 +52,7 @@ class ChipJob:
     with_zarr: bool = False
     reader: ChipReader = field(default_factory=RasterioReader)
     writer: OutputWriter = field(default_factory=FileWriter)
+    run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass
@@ -169,7 +172,7 @@ def _process(
         timings["write_masks"] = time.perf_counter() - started
     if job.with_zarr and zarr_index is not None:
         started = time.perf_counter()
-        writer.write_zarr_region(layout.zarr_url, zarr_index, rgb, masks)
+        writer.write_zarr_region(layout.zarr_url, zarr_index, rgb, masks, run_token=job.run_token)
         result.entry.outputs[ZARR_OUTPUT] = str(layout.zarr_ref(zarr_index))
         timings["write_zarr"] = time.perf_counter() - started
 

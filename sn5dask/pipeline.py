@@ -41,6 +41,10 @@ from sn5dask.versions import versions
 
 log = logging.getLogger("sn5dask")
 MANIFEST_EVERY_S = 2.0
+# Interim manifest writes (each O(chips)) are spaced so they take at most 1/20 of the
+# run's time: on a large AOI the spacing grows with the manifest, so the writes' total
+# cost stays linear in the number of chips instead of quadratic.
+MANIFEST_TIME_SHARE = 20
 
 
 class Reporter(Protocol):
@@ -445,7 +449,7 @@ def process_chips(
     futures = client.compute(tasks, optimize_graph=False)  # keep each task's placement
     chips_of = dict(zip(futures, todo, strict=True))
     timings: list[dict[str, float]] = []
-    last_write = time.monotonic()
+    next_write = time.monotonic() + MANIFEST_EVERY_S
     finished = False
     try:
         for future in as_completed(futures):
@@ -463,9 +467,11 @@ def process_chips(
             manifest.chips[chip.chip_id] = result.entry
             timings.append(result.timings)
             reporter.chip_finished(catalog.aoi, result)
-            if time.monotonic() - last_write > MANIFEST_EVERY_S:
+            if time.monotonic() >= next_write:
+                started = time.monotonic()
                 write_manifest(manifest, job.layout, writer, final=False)
-                last_write = time.monotonic()
+                took = time.monotonic() - started
+                next_write = time.monotonic() + max(MANIFEST_EVERY_S, MANIFEST_TIME_SHARE * took)
         finished = True
     finally:
         if not finished:  # Ctrl-C or an error on the client: stop the chips still queued

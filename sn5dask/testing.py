@@ -165,7 +165,13 @@ class MemoryWriter:
         return list(store["chip_ids"]) if isinstance(store, dict) else None
 
     def write_zarr_region(
-        self, url: str, index: int, rgb: np.ndarray | None, masks: Mapping[str, np.ndarray]
+        self,
+        url: str,
+        index: int,
+        rgb: np.ndarray | None,
+        masks: Mapping[str, np.ndarray],
+        *,
+        run_token: str = "",
     ) -> None:
         self._check(url)
         store = self.files.get(url)

@@ -22,13 +22,21 @@ chunks at its own index, so no write locks are needed.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from numcodecs import Zstd
+from zarr.codecs import BytesCodec, ZstdCodec
+from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+from zarr.core.metadata import ArrayV3Metadata
+from zarr.core.sync import sync as zarr_sync
 
 from sn5dask.config import MASK_KINDS
 from sn5dask.encodings import MASK_ENCODINGS, RGB_VALUES, rgb_descriptions
@@ -199,30 +207,126 @@ def store_chip_ids(url: str) -> list[str] | None:
 
 
 def write_chip(
-    url: str, index: int, rgb: np.ndarray | None, masks: Mapping[str, np.ndarray]
+    url: str,
+    index: int,
+    rgb: np.ndarray | None,
+    masks: Mapping[str, np.ndarray],
+    *,
+    run_token: str = "",
 ) -> None:
     """Write one chip's whole chunks at `index` (padded with 0 to the store's size).
 
     Arrays not given (e.g. masks of a chip without labels) are written as zeros, so a
     re-written chip never keeps stale data from an earlier run.
+
+    `run_token` names the run writing (one per AOI run, whose lock keeps anyone else from
+    replacing the store meanwhile): a worker opens the store once per run and keeps it,
+    instead of reading the store's metadata again for every chip. Without a token the
+    store is opened afresh.
+
+    In a local store each chunk is encoded with the array's own codecs (bytes + Zstandard,
+    numcodecs underneath, as zarr does) and written atomically (`.partial`, fsync,
+    rename), like every other output: a killed run never leaves a truncated chunk for the
+    resume check to trust. zarr's own writes are not atomic, and for a small chip its
+    event loop cost more than the chip's pixels (benchmarks/README.md). S3 stores, and
+    any array whose codecs are not sn5dask's, are written through zarr (one concurrent
+    pass for the chip's chunks; an S3 PUT is atomic).
     """
-    # zarr by default compares every chunk with the fill value to skip empty ones; that
-    # comparison took 60 % of a region write (py-spy), and a chip's chunk is rarely empty.
-    with zarr.config.set({"array.write_empty_chunks": True}):
-        group = _open(url, "r+")
-        _write_padded(group["rgb"], index, rgb)
-        for kind in MASK_KINDS:
-            name = f"mask_{kind}"
-            if name in group:
-                _write_padded(group[name], index, masks.get(kind))
+    store = _store(url, run_token) if run_token else _open_store(url)
+    chunks = {
+        name: _padded(array, rgb if name == "rgb" else masks.get(name.removeprefix("mask_")))
+        for name, array in store.arrays.items()
+    }
+    if store.direct:
+        from sn5dask import files
 
-
-def _write_padded(array: Any, index: int, data: np.ndarray | None) -> None:
-    if data is not None and data.shape == array.shape[1:]:
-        array[index] = data  # the common case: a full-size chip, no padding copy
+        for name, chunk in chunks.items():
+            array = store.arrays[name]
+            key = "/".join(chunk_key(name, index, array.ndim))
+            files.write_bytes_atomic(f"{url.rstrip('/')}/{key}", store.direct[name].encode(chunk))
         return
+
+    async def write_all() -> None:
+        await asyncio.gather(
+            *(store.arrays[name]._async_array.setitem(index, chunk) for name, chunk in chunks.items())
+        )
+
+    zarr_sync(write_all())
+
+
+def _padded(array: zarr.Array, data: np.ndarray | None) -> np.ndarray:
+    """`data` as one whole chunk of `array`: zeros where it is smaller (or absent)."""
+    if data is not None and data.shape == array.shape[1:]:
+        return np.ascontiguousarray(data)  # the common case: a full-size chip, no padding copy
     chunk = np.zeros(array.shape[1:], dtype=np.uint8)
     if data is not None:
         h, w = data.shape[-2:]
         chunk[..., :h, :w] = data
-    array[index] = chunk
+    return chunk
+
+
+@dataclass(frozen=True)
+class _OpenStore:
+    """A store's data arrays (`rgb`, `mask_<kind>`), and for a local store whose arrays
+    all have sn5dask's layout, each array's chunk encoder (else `direct` is empty)."""
+
+    arrays: dict[str, zarr.Array]
+    direct: dict[str, Zstd]
+
+
+#: Per process: (store URL, run token) -> the open store, opened once per run.
+_OPEN_STORES: OrderedDict[tuple[str, str], _OpenStore] = OrderedDict()
+_OPEN_STORES_LOCK = threading.Lock()
+_OPEN_STORES_KEPT = 4  # stores a long-lived worker keeps open (the latest runs')
+
+
+def _store(url: str, run_token: str) -> _OpenStore:
+    key = (url, run_token)
+    with _OPEN_STORES_LOCK:
+        if key in _OPEN_STORES:
+            _OPEN_STORES.move_to_end(key)
+            return _OPEN_STORES[key]
+    store = _open_store(url)
+    with _OPEN_STORES_LOCK:
+        _OPEN_STORES[key] = store
+        while len(_OPEN_STORES) > _OPEN_STORES_KEPT:
+            _OPEN_STORES.popitem(last=False)
+    return store
+
+
+def _open_store(url: str) -> _OpenStore:
+    """Open the store's data arrays to write every chunk: by default zarr compares each
+    chunk with the fill value to skip empty ones, which took 60 % of a region write
+    (py-spy), and a chip's chunk is rarely empty."""
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        group = _open(url, "r+")
+        members = dict(group.arrays())
+    if "rgb" not in members:
+        raise FileNotFoundError(f"{url}: no rgb array: not an sn5dask Zarr store")
+    names = ["rgb", *(f"mask_{kind}" for kind in MASK_KINDS)]
+    arrays = {name: members[name] for name in names if name in members}
+    encoders = {name: _chunk_encoder(array) for name, array in arrays.items()}
+    local = "://" not in url or url.startswith("file://")
+    direct = {n: e for n, e in encoders.items() if e is not None}
+    if not local or len(direct) != len(arrays):
+        direct = {}
+    return _OpenStore(arrays, direct)
+
+
+def _chunk_encoder(array: zarr.Array) -> Zstd | None:
+    """The encoder of `array`'s chunks when its layout is the one `create_store` makes
+    (Zarr v3, one chunk per chip, "/" chunk keys, bytes + Zstandard, uint8); else None."""
+    metadata = array.metadata
+    if not isinstance(metadata, ArrayV3Metadata) or array.dtype != np.uint8:
+        return None
+    codecs = metadata.codecs
+    if not (
+        isinstance(metadata.chunk_key_encoding, DefaultChunkKeyEncoding)
+        and metadata.chunk_key_encoding.separator == "/"
+        and tuple(array.chunks) == (1, *array.shape[1:])
+        and len(codecs) == 2
+        and isinstance(codecs[0], BytesCodec)
+        and isinstance(codecs[1], ZstdCodec)
+    ):
+        return None
+    return Zstd(level=codecs[1].level, checksum=codecs[1].checksum)

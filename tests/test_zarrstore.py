@@ -1,0 +1,87 @@
+"""sn5dask.zarrstore: a chip's region written by sn5dask's direct chunk writer is byte for
+byte what zarr itself writes, and reads back through zarr and xarray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from sn5dask import zarrstore
+from sn5dask.config import MASK_KINDS
+from sn5dask.raster import ChipHeader
+
+UTM_WKT = 'PROJCS["WGS 84 / UTM zone 11N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",-117],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1],AUTHORITY["EPSG","32611"]]'
+
+
+def header(height: int, width: int, x0: float) -> ChipHeader:
+    return ChipHeader(height=height, width=width, count=8, dtype="uint16",
+                      transform=(0.3, 0.0, x0, 0.0, -0.3, 4000000.0), crs_wkt=UTM_WKT,
+                      nodata=(None,) * 8)  # fmt: skip
+
+
+def make_store(url: Path) -> None:
+    headers = {"a": header(40, 48, 600000.0), "b": header(33, 48, 600020.0), "c": header(40, 48, 600040.0)}
+    zarrstore.create_store(str(url), chip_ids=list(headers), headers=headers, bands=(5, 3, 2),
+                           mask_kinds=MASK_KINDS, attrs={})  # fmt: skip
+
+
+def chip_arrays(height: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(1, 256, (3, height, 48), dtype=np.uint8)
+    masks = {kind: rng.integers(0, 3, (height, 48), dtype=np.uint8) for kind in ("binary", "continuous", "binned")}
+    masks["multichannel"] = rng.integers(0, 2, (8, height, 48), dtype=np.uint8)
+    return rgb, masks
+
+
+def chunk_files(url: Path) -> dict[str, bytes]:
+    """The data arrays' chunk files (coordinates left out)."""
+    data = ("rgb/", "mask_")
+    return {str(p.relative_to(url)): p.read_bytes() for p in sorted(url.rglob("*"))
+            if str(p.relative_to(url)).startswith(data) and "/c/" in str(p) and p.is_file()}
+
+
+def test_direct_chunks_are_the_bytes_zarr_writes(tmp_path) -> None:
+    ours, theirs = tmp_path / "ours.zarr", tmp_path / "theirs.zarr"
+    make_store(ours)
+    make_store(theirs)
+    assert zarrstore._open_store(str(ours)).direct  # this store is written directly
+    written = {0: chip_arrays(40, 1), 1: chip_arrays(33, 2)}  # chip 1 is padded to 40 rows
+    for index, (rgb, masks) in written.items():
+        zarrstore.write_chip(str(ours), index, rgb, masks, run_token="run-1")
+    zarrstore.write_chip(str(ours), 2, None, {}, run_token="run-1")  # unlabelled, unreadable: zeros
+    with zarr.config.set({"array.write_empty_chunks": True}):
+        for index, (rgb, masks) in [*written.items(), (2, (None, {}))]:
+            for name in ["rgb", *(f"mask_{kind}" for kind in MASK_KINDS)]:
+                array = zarr.open_array(str(theirs / name), mode="r+")
+                data = rgb if name == "rgb" else masks.get(name.removeprefix("mask_"))
+                array[index] = zarrstore._padded(array, data)
+    assert chunk_files(ours) == chunk_files(theirs) and len(chunk_files(ours)) == 15
+    assert not list(ours.rglob("*.partial"))
+
+    ds = xr.open_zarr(ours, chunks=None)
+    rgb, masks = written[1]
+    assert np.array_equal(ds["rgb"][1, :, :33].values, rgb) and not ds["rgb"][1, :, 33:].values.any()
+    assert np.array_equal(ds["mask_multichannel"][1, :, :33].values, masks["multichannel"])
+    assert np.array_equal(ds["mask_binned"][0].values, written[0][1]["binned"])
+    assert not ds["rgb"][2].values.any() and ds["rgb"].dtype == np.uint8
+    assert zarrstore.written_chips(str(ours)) == frozenset({0, 1, 2})
+
+
+def test_a_store_replaced_between_runs_is_opened_again(tmp_path) -> None:
+    """Workers keep a store open per run token: a later run that re-created the store with
+    another shape writes with the new metadata."""
+    url = tmp_path / "s.zarr"
+    make_store(url)
+    rgb, masks = chip_arrays(40, 3)
+    zarrstore.write_chip(str(url), 0, rgb, masks, run_token="first")
+    headers = {"a": header(64, 64, 600000.0)}
+    zarrstore.create_store(str(url), chip_ids=["a"], headers=headers, bands=(5, 3, 2, 1),
+                           mask_kinds=("binary",), attrs={})  # fmt: skip
+    rgb4 = np.full((4, 64, 64), 7, dtype=np.uint8)
+    zarrstore.write_chip(str(url), 0, rgb4, {"binary": np.ones((64, 64), np.uint8)}, run_token="second")
+    ds = xr.open_zarr(url, chunks=None)
+    assert ds["rgb"].shape == (1, 4, 64, 64) and (ds["rgb"].values == 7).all()
+    assert set(ds.data_vars) >= {"rgb", "mask_binary"} and "mask_binned" not in ds
