@@ -1,6 +1,7 @@
 """AOI statistics: per-chip scans, their pairwise sum (the tree reduction), percentiles.
 
-`scan_chip` runs on a worker per chip (first read); `combine_scans` is the reduction step
+`scan_chip` runs on a worker per chip (first read; `scan_chips` runs it over a batch of
+small chips in one task); `combine_scans` is the reduction step
 (associative, so dask can apply it as a tree); `finalize_scan` turns the summed histogram
 into exact percentiles. Only the finalized `AoiStats` (percentiles, counts, each chip's
 small header and the AOI's one summed histogram) reaches the client; the per-chip
@@ -89,7 +90,7 @@ def scan_chip(
         if with_histogram and chipcache.enabled(chip.image):
             # One GET for both passes: the write task runs here and reads this copy.
             try:
-                if chipcache.fetch(chip.image, _stamp_size(chip.image_stamp)) is not None:
+                if chipcache.fetch(chip.image, chip.image_bytes) is not None:
                     address = chipcache.worker_address()
                     if address:
                         scan.cached_on[chip.chip_id] = address
@@ -118,28 +119,41 @@ def scan_chip(
     return scan
 
 
-def _stamp_size(stamp: str | None) -> int | None:
-    """The byte size recorded in a discovery stamp ("size:version")."""
-    try:
-        return int(str(stamp).split(":", 1)[0])
-    except ValueError:
-        return None
+def scan_chips(
+    chips: Sequence[ChipRecord],
+    bands: Sequence[int],
+    with_histogram: bool,
+    use_nodata: bool,
+    reader: ChipReader,
+) -> AoiScan:
+    """`scan_chip` of each chip of a batch, summed as it goes (one task for many small
+    chips; see `graph.scan_batches`)."""
+    total = AoiScan()
+    for chip in chips:
+        _add_into(total, scan_chip(chip, bands, with_histogram, use_nodata, reader))
+    return total
 
 
 def combine_scans(*scans: AoiScan) -> AoiScan:
     """Sum of several partial scans (associative and commutative)."""
     out = AoiScan()
     for scan in scans:
-        if scan.histogram is not None:
-            out.histogram = (
-                scan.histogram.copy() if out.histogram is None else out.histogram + scan.histogram
-            )
-        out.dtypes |= scan.dtypes
-        out.headers.update(scan.headers)
-        out.errors.update(scan.errors)
-        out.band_counts.update(scan.band_counts)
-        out.cached_on.update(scan.cached_on)
+        _add_into(out, scan)
     return out
+
+
+def _add_into(total: AoiScan, scan: AoiScan) -> None:
+    """Add `scan` to `total` in place (`scan` is left as it was)."""
+    if scan.histogram is not None:
+        if total.histogram is None:
+            total.histogram = scan.histogram.copy()
+        else:
+            total.histogram += scan.histogram
+    total.dtypes |= scan.dtypes
+    total.headers.update(scan.headers)
+    total.errors.update(scan.errors)
+    total.band_counts.update(scan.band_counts)
+    total.cached_on.update(scan.cached_on)
 
 
 def finalize_scan(

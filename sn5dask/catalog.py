@@ -59,6 +59,14 @@ class ChipRecord:
     image_stamp: str | None = None
     label_stamp: str | None = None
 
+    @property
+    def image_bytes(self) -> int | None:
+        """The image's size in bytes as discovery recorded it (the stamp's "size:" part)."""
+        try:
+            return int(str(self.image_stamp).split(":", 1)[0])
+        except ValueError:
+            return None
+
 
 @dataclass
 class AoiCatalog:

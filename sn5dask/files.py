@@ -185,23 +185,29 @@ def require_regular_file(path: str) -> None:
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write `data` under `url` so that the final name only ever holds complete content."""
-    fs, path = filesystem(url)
-    if isinstance(fs, LocalFileSystem):
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        partial = path + PARTIAL_SUFFIX
-        try:
-            with open(partial, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(partial, path)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
-    else:
+    """Write `data` under `url` so that the final name only ever holds complete content:
+    locally a `.partial` file, fsync, then rename; on S3 one PUT (atomic there)."""
+    if not is_local(url):
+        fs, path = filesystem(url)
         fs.pipe_file(path, data)
+        return
+    path = url.removeprefix("file://")
+    folder = os.path.dirname(path)
+    if folder and not os.path.isdir(folder):  # one stat in the usual case
+        os.makedirs(folder, exist_ok=True)
+    partial = path + PARTIAL_SUFFIX
+    try:
+        with open(partial, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        try:
+            os.remove(partial)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def remove_partials(folder_url: str) -> int:

@@ -1,8 +1,9 @@
 """The dask graphs of a run, built without computing anything (no I/O, no client).
 
 Shapes, and why:
-- **Scan**: one `scan_chip` task per chip, summed by a tree of `combine_scans` (fan-in
-  8), then `finalize_scan`. Submitted as one graph, dask's ordering combines histograms
+- **Scan**: one `scan_chips` task per batch of chips (`scan_batches`: a full-size chip
+  is a batch of its own, small chips share one), summed by a tree of `combine_scans`
+  (fan-in 8), then `finalize_scan`. Submitted as one graph, dask's ordering combines histograms
   as soon as they exist, so memory stays flat: no task ever holds more than 8 partial
   sums, and only the finalized `AoiStats` (percentiles and per-chip headers) reaches the
   client; histograms stay on the workers.
@@ -19,12 +20,35 @@ from collections.abc import Mapping, Sequence
 import dask
 from dask.delayed import Delayed
 
-from sn5dask.aoistats import combine_scans, finalize_scan, scan_chip
+from sn5dask.aoistats import combine_scans, finalize_scan, scan_chips
 from sn5dask.catalog import ChipRecord
 from sn5dask.chipio import ChipReader, RasterioReader
 from sn5dask.chiptask import ChipJob, process_chip
 
 TREE_FAN_IN = 8
+# Small chips are scanned in batches: each dask task costs the scheduler and the worker
+# a few ms of CPU, more than the whole scan of a 64 px chip (benchmarks/README.md). A
+# batch holds at most SCAN_BATCH_BYTES of input by the size discovery recorded (a 27 MB
+# SpaceNet chip is a batch of its own) and at most SCAN_BATCH_CHIPS chips.
+SCAN_BATCH_BYTES = 4 * 2**20
+SCAN_BATCH_CHIPS = 32
+
+
+def scan_batches(chips: Sequence[ChipRecord]) -> list[list[ChipRecord]]:
+    """`chips` in order, cut into batches (a chip of unknown size is a batch of its own)."""
+    batches: list[list[ChipRecord]] = []
+    batch: list[ChipRecord] = []
+    batch_bytes = 0
+    for chip in chips:
+        size = chip.image_bytes
+        if batch and (size is None or batch_bytes + size > SCAN_BATCH_BYTES or len(batch) == SCAN_BATCH_CHIPS):
+            batches.append(batch)
+            batch, batch_bytes = [], 0
+        batch.append(chip)
+        batch_bytes += size if size is not None else SCAN_BATCH_BYTES
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def scan_tree(
@@ -35,12 +59,14 @@ def scan_tree(
     use_nodata: bool = True,
     reader: ChipReader | None = None,
 ) -> Delayed:
-    """Delayed `AoiScan` of all chips: `scan_chip` per chip summed by a tree of
+    """Delayed `AoiScan` of all chips: `scan_chips` per batch summed by a tree of
     `combine_scans`. `with_histogram=False` reads headers only (no pixels)."""
     reader = reader or RasterioReader()
-    scan = dask.delayed(scan_chip, pure=False)
+    scan = dask.delayed(scan_chips, pure=False)
     combine = dask.delayed(combine_scans, pure=False)
-    level = [scan(chip, tuple(bands), with_histogram, use_nodata, reader) for chip in chips]
+    level = [
+        scan(batch, tuple(bands), with_histogram, use_nodata, reader) for batch in scan_batches(chips)
+    ]
     if not level:
         return combine()
     while len(level) > 1:

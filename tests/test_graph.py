@@ -3,6 +3,8 @@ percentiles, the tree's shape, per-chip keys, and errors kept per chip."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import dask
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from sn5dask.chiptask import ChipJob
 from sn5dask.config import load_config
 from sn5dask.errors import ImageError
-from sn5dask.graph import TREE_FAN_IN, chip_tasks, scan_graph, scan_tree
+from sn5dask.graph import SCAN_BATCH_BYTES, SCAN_BATCH_CHIPS, TREE_FAN_IN, chip_tasks, scan_batches, scan_graph, scan_tree
 from sn5dask.layout import AoiLayout
 from sn5dask.testing import MemoryWriter, fake_aoi
 
@@ -46,22 +48,33 @@ def test_a_chip_that_fails_the_scan_is_an_error_not_a_crash(fake) -> None:
     assert stats.values is None  # headers only: no pixels read for them
 
 
-@pytest.mark.parametrize("n_chips", [1, 8, 9, 70])
+@pytest.mark.parametrize("n_chips", [1, 8, 9, 70, 300])
 def test_scan_tree_sums_with_fan_in_8(n_chips) -> None:
     fake = fake_aoi(aoi=AOI, n_chips=n_chips, size=16, seed=1, with_edge_cases=False)
     tree = scan_tree(fake.catalog.chips, (1,), with_histogram=True, reader=fake.reader)
     graph = dict(tree.__dask_graph__())
-    scans = [k for k in graph if str(k).startswith("scan_chip")]
+    scans = [k for k in graph if str(k).startswith("scan_chips")]
     combines = [k for k in graph if str(k).startswith("combine_scans")]
-    expected, level = 0, n_chips
+    batches = -(-n_chips // SCAN_BATCH_CHIPS)  # 16 px chips: batches are full by chip count
+    expected, level = 0, batches
     while level > 1:
         level = -(-level // TREE_FAN_IN)
         expected += level
-    assert len(scans) == n_chips and len(combines) == expected
+    assert len(scans) == batches and len(combines) == expected
     scan = tree.compute(scheduler="sync")
     assert int(scan.histogram.sum()) == sum(
         int(np.count_nonzero(fake.reader.images[c.image][1][0])) for c in fake.catalog.chips
     )
+
+
+def test_small_chips_are_scanned_in_batches_large_ones_alone(fake) -> None:
+    small = fake.catalog.chips[0]
+    chips = [replace(small, chip_id=f"s{i}", image_stamp="65536:v") for i in range(40)]
+    chips += [replace(small, chip_id="full", image_stamp=f"{27 * 2**20}:v"), replace(small, chip_id="unknown", image_stamp=None)]
+    chips += [replace(small, chip_id=f"m{i}", image_stamp=f"{SCAN_BATCH_BYTES // 3}:v") for i in range(4)]
+    batches = [[c.chip_id for c in batch] for batch in scan_batches(chips)]
+    assert batches[0] == [f"s{i}" for i in range(SCAN_BATCH_CHIPS)]
+    assert batches[1:] == [[f"s{i}" for i in range(32, 40)], ["full"], ["unknown"], ["m0", "m1", "m2"], ["m3"]]
 
 
 def test_chip_tasks_are_keyed_by_chip_and_compute_results(fake, tmp_path) -> None:
