@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,6 +106,14 @@ def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) 
         if outcome.traceback is not None:
             result.entry.reason += _save_traceback(job, chip, outcome.traceback)
     return result
+
+
+def process_chip_batch(
+    batch: Sequence[tuple[ChipRecord, int | None]], job: ChipJob
+) -> list[ChipResult]:
+    """`process_chip` of each (chip, Zarr index) of a batch, in order (one dask task for
+    several small chips; `graph.chip_tasks`)."""
+    return [process_chip(chip, job, index) for chip, index in batch]
 
 
 def _save_traceback(job: ChipJob, chip: ChipRecord, text: str) -> str:

@@ -7,15 +7,17 @@ Shapes, and why:
   as soon as they exist, so memory stays flat: no task ever holds more than 8 partial
   sums, and only the finalized `AoiStats` (percentiles and per-chip headers) reaches the
   client; histograms stay on the workers.
-- **Chips**: one independent `process_chip` task per chip, keyed by AOI and chip id, so
-  each can finish, fail or be retried alone and the manifest grows as they finish. Only
-  a small `ChipResult` comes back: the client never holds pixels.
+- **Chips**: one independent `process_chip_batch` task per chip (per small batch when
+  the AOI has many small chips), keyed by AOI and chip id, so each can finish, fail or be
+  retried alone and the manifest grows as they finish. Only small `ChipResult`s come
+  back: the client never holds pixels.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import dask
 from dask.delayed import Delayed
@@ -23,32 +25,55 @@ from dask.delayed import Delayed
 from sn5dask.aoistats import combine_scans, finalize_scan, scan_chips
 from sn5dask.catalog import ChipRecord
 from sn5dask.chipio import ChipReader, RasterioReader
-from sn5dask.chiptask import ChipJob, process_chip
+from sn5dask.chiptask import ChipJob, process_chip_batch
 
 TREE_FAN_IN = 8
-# Small chips are scanned in batches: each dask task costs the scheduler and the worker
+# Small chips are handled in batches: each dask task costs the scheduler and the worker
 # a few ms of CPU, more than the whole scan of a 64 px chip (benchmarks/README.md). A
 # batch holds at most SCAN_BATCH_BYTES of input by the size discovery recorded (a 27 MB
-# SpaceNet chip is a batch of its own) and at most SCAN_BATCH_CHIPS chips.
+# SpaceNet chip is a batch of its own) and at most SCAN_BATCH_CHIPS chips. The write pass
+# also keeps at least MIN_CHIP_TASKS tasks per AOI, so that progress, Ctrl-C and load
+# balancing stay fine-grained: an AOI of a few hundred chips gets one task per chip.
 SCAN_BATCH_BYTES = 4 * 2**20
 SCAN_BATCH_CHIPS = 32
+MIN_CHIP_TASKS = 64
+
+T = TypeVar("T")
+
+
+def batches(
+    items: Sequence[T],
+    chip_of: Callable[[T], ChipRecord],
+    *,
+    max_chips: int = SCAN_BATCH_CHIPS,
+    group_of: Callable[[T], object] = lambda item: None,
+) -> list[list[T]]:
+    """`items` in order, cut into batches of at most `max_chips` chips and
+    `SCAN_BATCH_BYTES` of input. A chip of unknown size is a batch of its own, and items
+    with another `group_of` (e.g. the worker holding a chip's copy) start a new batch."""
+    out: list[list[T]] = []
+    batch: list[T] = []
+    batch_bytes = 0
+    for item in items:
+        size = chip_of(item).image_bytes
+        if batch and (
+            size is None
+            or batch_bytes + size > SCAN_BATCH_BYTES
+            or len(batch) >= max_chips
+            or group_of(item) != group_of(batch[0])
+        ):
+            out.append(batch)
+            batch, batch_bytes = [], 0
+        batch.append(item)
+        batch_bytes += size if size is not None else SCAN_BATCH_BYTES
+    if batch:
+        out.append(batch)
+    return out
 
 
 def scan_batches(chips: Sequence[ChipRecord]) -> list[list[ChipRecord]]:
-    """`chips` in order, cut into batches (a chip of unknown size is a batch of its own)."""
-    batches: list[list[ChipRecord]] = []
-    batch: list[ChipRecord] = []
-    batch_bytes = 0
-    for chip in chips:
-        size = chip.image_bytes
-        if batch and (size is None or batch_bytes + size > SCAN_BATCH_BYTES or len(batch) == SCAN_BATCH_CHIPS):
-            batches.append(batch)
-            batch, batch_bytes = [], 0
-        batch.append(chip)
-        batch_bytes += size if size is not None else SCAN_BATCH_BYTES
-    if batch:
-        batches.append(batch)
-    return batches
+    """The scan's batches of `chips` (see `batches`)."""
+    return batches(chips, lambda chip: chip)
 
 
 def scan_tree(
@@ -97,24 +122,34 @@ def chip_tasks(
     chips: Sequence[tuple[ChipRecord, int]],
     job: ChipJob,
     placement: Mapping[str, str] | None = None,
-) -> list[Delayed]:
-    """One delayed `process_chip` per (chip, index in the AOI), in the given order.
+) -> list[tuple[list[ChipRecord], Delayed]]:
+    """The write pass over (chip, index in the AOI), in the given order: a delayed
+    `process_chip_batch` per batch (one chip, unless the chips are small and many; see
+    `MIN_CHIP_TASKS`), each with its chips. Every task computes to a list of `ChipResult`.
 
-    Keys name the chip (`process_chip-<AOI>-<chip id>-<token>`), so dask's dashboard shows
-    which chip a task is; the token keeps two runs on one cluster apart. `placement` maps
-    a chip id to the worker holding the local copy the scan made of it (S3 chips): the
-    task prefers that worker, and runs elsewhere if it is gone (then it reads S3 again).
+    Keys name the chip (`process_chip-<AOI>-<chip id>-<token>`; a batch:
+    `process_chip-<AOI>-<first chip id>+<n more>-<token>`), so dask's dashboard shows which
+    chip a task is; the token keeps two runs on one cluster apart. `placement` maps a chip
+    id to the worker holding the local copy the scan made of it (S3 chips): the task
+    prefers that worker, and runs elsewhere only if it is gone (then it reads S3 again).
     """
-    task = dask.delayed(process_chip, pure=False)
+    task = dask.delayed(process_chip_batch, pure=False)
     token = uuid.uuid4().hex[:12]
     placement = placement or {}
+    max_chips = max(1, min(SCAN_BATCH_CHIPS, len(chips) // MIN_CHIP_TASKS))
     tasks = []
-    for chip, index in chips:
-        key = f"process_chip-{chip.aoi}-{chip.chip_id}-{token}"
-        address = placement.get(chip.chip_id)
+    for batch in batches(
+        chips, lambda item: item[0], max_chips=max_chips,
+        group_of=lambda item: placement.get(item[0].chip_id),
+    ):  # fmt: skip
+        first = batch[0][0]
+        more = f"+{len(batch) - 1}" if len(batch) > 1 else ""
+        key = f"process_chip-{first.aoi}-{first.chip_id}{more}-{token}"
+        address = placement.get(first.chip_id)
+        records = [chip for chip, _ in batch]
         if address is None:
-            tasks.append(task(chip, job, index, dask_key_name=key))
+            tasks.append((records, task(batch, job, dask_key_name=key)))
             continue
         with dask.annotate(workers=[address], allow_other_workers=True):
-            tasks.append(task(chip, job, index, dask_key_name=key))
+            tasks.append((records, task(batch, job, dask_key_name=key)))
     return tasks

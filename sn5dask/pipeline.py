@@ -446,27 +446,32 @@ def process_chips(
     `placement`: chip id -> the worker holding its S3 copy (`chipcache`)."""
     index = {c.chip_id: i for i, c in enumerate(catalog.chips)}
     tasks = chip_tasks([(chip, index[chip.chip_id]) for chip in todo], job, placement)
-    futures = client.compute(tasks, optimize_graph=False)  # keep each task's placement
-    chips_of = dict(zip(futures, todo, strict=True))
+    # optimize_graph=False keeps each task's placement
+    futures = client.compute([task for _, task in tasks], optimize_graph=False)
+    chips_of = {future: chips for future, (chips, _) in zip(futures, tasks, strict=True)}
     timings: list[dict[str, float]] = []
     next_write = time.monotonic() + MANIFEST_EVERY_S
     finished = False
     try:
         for future in as_completed(futures):
-            chip = chips_of[future]
+            chips = chips_of[future]
             try:
-                result = future.result()
+                results = future.result()
             except Exception as exc:  # the task itself never raises: the worker died
-                result = ChipResult.failed(
-                    chip,
-                    f"{chip.image}: worker lost while processing this chip "
-                    f"({type(exc).__name__}: {exc}); re-run to retry it",
-                )
-            # The future is kept (its result is a small ChipResult) until the AOI is done:
+                results = [
+                    ChipResult.failed(
+                        chip,
+                        f"{chip.image}: worker lost while processing this chip "
+                        f"({type(exc).__name__}: {exc}); re-run to retry it",
+                    )
+                    for chip in chips
+                ]
+            # The future is kept (its result is small ChipResults) until the AOI is done:
             # released results vanish from dask's Progress pane, which would never fill.
-            manifest.chips[chip.chip_id] = result.entry
-            timings.append(result.timings)
-            reporter.chip_finished(catalog.aoi, result)
+            for result in results:
+                manifest.chips[result.chip_id] = result.entry
+                timings.append(result.timings)
+                reporter.chip_finished(catalog.aoi, result)
             if time.monotonic() >= next_write:
                 started = time.monotonic()
                 write_manifest(manifest, job.layout, writer, final=False)

@@ -12,7 +12,16 @@ import pytest
 from sn5dask.chiptask import ChipJob
 from sn5dask.config import load_config
 from sn5dask.errors import ImageError
-from sn5dask.graph import SCAN_BATCH_BYTES, SCAN_BATCH_CHIPS, TREE_FAN_IN, chip_tasks, scan_batches, scan_graph, scan_tree
+from sn5dask.graph import (
+    MIN_CHIP_TASKS,
+    SCAN_BATCH_BYTES,
+    SCAN_BATCH_CHIPS,
+    TREE_FAN_IN,
+    chip_tasks,
+    scan_batches,
+    scan_graph,
+    scan_tree,
+)
 from sn5dask.layout import AoiLayout
 from sn5dask.testing import MemoryWriter, fake_aoi
 
@@ -77,14 +86,39 @@ def test_small_chips_are_scanned_in_batches_large_ones_alone(fake) -> None:
     assert batches[1:] == [[f"s{i}" for i in range(32, 40)], ["full"], ["unknown"], ["m0", "m1", "m2"], ["m3"]]
 
 
+def test_many_small_chips_are_written_in_batches(tmp_path) -> None:
+    fake = fake_aoi(aoi=AOI, n_chips=200, size=16, seed=3, with_edge_cases=False)
+    writer = MemoryWriter()
+    config = load_config(None, root="mem://", out=str(tmp_path), formats="geotiff")
+    job = ChipJob(config, AoiLayout(str(tmp_path), AOI), None, False, fake.reader, writer)
+    chips = [(c, i) for i, c in enumerate(fake.catalog.chips)]
+    # The first 100 chips copied to one worker, the rest to another: no batch mixes them.
+    placement = {c.chip_id: ("tcp://a:1" if i < 100 else "tcp://b:1") for c, i in chips}
+    tasks = chip_tasks(chips, job, placement)
+    sizes = [len(records) for records, _ in tasks]
+    assert max(sizes) == 200 // MIN_CHIP_TASKS and len(tasks) >= MIN_CHIP_TASKS
+    assert [c for records, _ in tasks for c in records] == [c for c, _ in chips]
+    assert all(len({placement[c.chip_id] for c in records}) == 1 for records, _ in tasks)
+    first, task = tasks[0]
+    assert task.key.startswith(f"process_chip-{AOI}-{first[0].chip_id}+{len(first) - 1}-")
+    try:
+        results = [r for batch in dask.compute(*(t for _, t in tasks), scheduler="sync") for r in batch]
+        assert [r.chip_id for r in results] == [c.chip_id for c, _ in chips]
+        assert all(r.status == "ok" for r in results)
+        assert sum(1 for url in writer.files if "/PS-RGB/" in url) == 200
+    finally:
+        writer.clear()
+
+
 def test_chip_tasks_are_keyed_by_chip_and_compute_results(fake, tmp_path) -> None:
     writer = MemoryWriter()
     config = load_config(None, root="mem://", out=str(tmp_path), formats="geotiff")
     job = ChipJob(config, AoiLayout(str(tmp_path), AOI), None, False, fake.reader, writer)
     chips = [(c, i) for i, c in enumerate(fake.catalog.chips)]
     tasks = chip_tasks(chips, job)
-    assert [t.key.split("-")[1:3] for t in tasks] == [[AOI, c.chip_id] for c, _ in chips]
-    results = dask.compute(*tasks, scheduler="sync")
+    assert [t.key.split("-")[1:3] for _, t in tasks] == [[AOI, c.chip_id] for c, _ in chips]
+    assert [records for records, _ in tasks] == [[c] for c, _ in chips]
+    results = [r for batch in dask.compute(*(t for _, t in tasks), scheduler="sync") for r in batch]
     try:
         assert [r.chip_id for r in results] == [c.chip_id for c, _ in chips]
         assert all(r.status == "ok" for r in results)
