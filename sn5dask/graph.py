@@ -45,7 +45,7 @@ def batches(
     items: Sequence[T],
     chip_of: Callable[[T], ChipRecord],
     *,
-    max_chips: int = SCAN_BATCH_CHIPS,
+    max_chips: int,
     group_of: Callable[[T], object] = lambda item: None,
 ) -> list[list[T]]:
     """`items` in order, cut into batches of at most `max_chips` chips and
@@ -73,7 +73,7 @@ def batches(
 
 def scan_batches(chips: Sequence[ChipRecord]) -> list[list[ChipRecord]]:
     """The scan's batches of `chips` (see `batches`)."""
-    return batches(chips, lambda chip: chip)
+    return batches(chips, lambda chip: chip, max_chips=SCAN_BATCH_CHIPS)
 
 
 def scan_tree(

@@ -263,3 +263,22 @@ def test_run_loop_in_process_with_fakes(inprocess_client, tmp_path) -> None:
         assert not (tmp_path / "AOI_98_Fake" / ".sn5dask.lock").exists()
     finally:
         writer.clear()
+
+
+def test_many_small_chips_in_batches_give_the_same_outputs(client, tmp_path, monkeypatch) -> None:
+    """An AOI of 200 small chips is scanned and written in batches (several chips per
+    task): every chip still gets its own manifest entry, and every output is the same as
+    with one task per chip."""
+    from sn5dask import graph
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=200, size=24, seed=4, roads_per_chip=(1, 2))
+    batched = sn5dask.run(config(aoi.root, tmp_path / "batched"), client=client)
+    monkeypatch.setattr(graph, "SCAN_BATCH_CHIPS", 1)  # one task per chip, both passes
+    single = sn5dask.run(config(aoi.root, tmp_path / "single"), client=client)
+    for summary in (batched, single):
+        assert summary.exit_code == 0 and summary.aois[0].counts["ok"] == 200
+    manifest = json.loads((tmp_path / "batched" / AOI / "manifest.json").read_text())
+    assert len(manifest["chips"]) == 200 and all(e["status"] == "ok" for e in manifest["chips"].values())
+    assert snapshot(tmp_path / "batched") == snapshot(tmp_path / "single")
+    assert len([k for k in snapshot(tmp_path / "batched") if "/PS-RGB/" in k]) == 200
