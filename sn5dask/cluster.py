@@ -14,6 +14,7 @@ import multiprocessing.forkserver
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -179,7 +180,11 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
         "distributed.scheduler.work-stealing": False,
     }
     with dask.config.set(local_config):
-        with _environ(process_environ), _sigint_ignored():
+        with _environ(process_environ), _sigint_ignored(), warnings.catch_warnings():
+            # With 8787 taken (a notebook's cluster, another run), distributed warns in
+            # four lines and serves the dashboard elsewhere; the link sn5dask prints
+            # names the port actually used.
+            warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
             cluster = LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=1,

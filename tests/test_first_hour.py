@@ -163,3 +163,24 @@ def test_dashboard_mistakes_are_one_line(tmp_path) -> None:
     lines = [line for line in output.splitlines() if line.strip()]
     assert code == 2 and "Traceback" not in output, output
     assert lines[-1].startswith(f"error: port {port}:") and "choose another with --port" in lines[-1]
+
+
+def test_dashboard_port_taken_is_not_a_warning(small_aoi, tmp_path) -> None:
+    """With 8787 taken (a notebook's cluster), the run serves its dashboard elsewhere and
+    says where, without distributed's four-line UserWarning."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        holder.bind(("0.0.0.0", 8787))
+    except OSError:
+        pytest.skip("port 8787 is already taken by something else: the case holds anyway")
+    holder.listen()
+    try:
+        code, output = cli("run", small_aoi.root, "--out", tmp_path / "out", "--formats", "geotiff",
+                           "--workers", "1")
+    finally:
+        holder.close()
+    assert code == 0, output
+    assert "UserWarning" not in output and "already in use" not in output, output
+    link = next(line for line in output.splitlines() if line.startswith("dask dashboard:"))
+    assert ":8787/" not in link
