@@ -528,8 +528,7 @@ def write_stac(
     """The AOI's STAC collection and items (for GeoTIFF outputs, which the items point to)."""
     if "geotiff" not in config.formats:
         return
-    documents = stac.aoi_documents(manifest, stats.headers, footprints, config.bands)
-    for relpath, document in documents.items():
+    for relpath, document in stac.aoi_documents(manifest, stats.headers, footprints, config.bands):
         write_json(writer, layout.url(relpath), document)
 
 

@@ -16,7 +16,7 @@ writes the same catalog. Pure: dicts in, dicts out; `pipeline` writes them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sn5dask.encodings import MASK_ENCODINGS, RGB_VALUES, ROAD, SPEED_BINS, rgb_descriptions
@@ -50,27 +50,26 @@ def aoi_documents(
     headers: Mapping[str, ChipHeader],
     lonlat_bboxes: Mapping[str, tuple[float, float, float, float]],
     bands: Sequence[int],
-) -> dict[str, dict[str, Any]]:
-    """The Collection and Items of one AOI, by path relative to the AOI folder.
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The Items of one AOI, then its Collection, as (path relative to the AOI folder,
+    document), made one at a time (an AOI's items never all sit in memory at once).
 
     `lonlat_bboxes`: each chip's footprint as (west, south, east, north) in WGS84.
     """
-    documents: dict[str, dict[str, Any]] = {}
     item_links = []
     for chip_id, entry in manifest.chips.items():
         header, bbox = headers.get(chip_id), lonlat_bboxes.get(chip_id)
         if not entry.done or header is None or bbox is None or "rgb" not in entry.outputs:
             continue
-        documents[item_relpath(chip_id)] = image_item(manifest.aoi, chip_id, entry, header, bbox, bands)
+        yield item_relpath(chip_id), image_item(manifest.aoi, chip_id, entry, header, bbox, bands)
         item_links.append(_link("item", f"./{item_relpath(chip_id)}", "application/geo+json"))
         masks = {kind: path for kind, path in entry.outputs.items() if kind in MASK_ENCODINGS}
         if masks:
-            documents[item_relpath(chip_id, label=True)] = label_item(
+            yield item_relpath(chip_id, label=True), label_item(
                 manifest.aoi, chip_id, entry, header, bbox, masks
             )
             item_links.append(_link("item", f"./{item_relpath(chip_id, label=True)}", "application/geo+json"))
-    documents[COLLECTION_NAME] = collection(manifest.aoi, list(lonlat_bboxes.values()), item_links)
-    return documents
+    yield COLLECTION_NAME, collection(manifest.aoi, list(lonlat_bboxes.values()), item_links)
 
 
 def catalog(aois: Sequence[str]) -> dict[str, Any]:
