@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
@@ -34,13 +35,11 @@ class RunLock:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             for _ in range(2):
                 try:
-                    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                    _create_whole(path, payload)
                 except FileExistsError:
                     if not self._take_over_stale(path):
                         raise LockError(self._held_message(path)) from None
                     continue
-                with os.fdopen(fd, "wb") as f:
-                    f.write(payload)
                 self._held = True
                 return
             raise LockError(self._held_message(path))
@@ -101,6 +100,30 @@ class RunLock:
         except FileNotFoundError:
             pass
         return True
+
+
+def _create_whole(path: str, payload: bytes) -> None:
+    """Create `path` holding `payload`, or raise `FileExistsError` if it exists.
+
+    The lock appears with its content (written to a private file, then hard-linked under
+    `path`, which is atomic and fails if `path` exists), so no other run ever reads it
+    empty. Where hard links are not supported, `O_CREAT | O_EXCL` and a write.
+    """
+    private = f"{path}.{os.getpid()}.{threading.get_ident()}.new"
+    with open(private, "wb") as f:
+        f.write(payload)
+    try:
+        os.link(private, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError:
+        pass  # no hard links here
+    finally:
+        os.remove(private)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(payload)
 
 
 def _read_holder(url: str) -> dict[str, Any]:

@@ -45,3 +45,20 @@ def test_layouts_under_finds_aoi_folders_and_an_aoi_folder_itself(tmp_path) -> N
                                             AoiLayout(str(tmp_path), "AOI_7_Moscow")]
     assert layouts_under(str(tmp_path / "AOI_2_Vegas")) == [AoiLayout(str(tmp_path), "AOI_2_Vegas")]
     assert layouts_under(str(tmp_path / "other")) == []
+
+
+def test_a_lock_appears_whole_and_leaves_nothing_else(tmp_path) -> None:
+    """The lock file is created with its holder already in it (hard link of a private
+    file), so a second run never reads it empty; no private file is left behind."""
+    import json as _json
+
+    from sn5dask.errors import LockError
+    from sn5dask.lock import RunLock
+
+    url = str(tmp_path / "AOI" / ".sn5dask.lock")
+    with RunLock(url) as lock:
+        assert _json.loads((tmp_path / "AOI" / ".sn5dask.lock").read_text()) == lock.holder
+        assert [p.name for p in (tmp_path / "AOI").iterdir()] == [".sn5dask.lock"]
+        with pytest.raises(LockError, match=f"pid {lock.holder['pid']}"):
+            RunLock(url).acquire()
+    assert not list((tmp_path / "AOI").iterdir())
