@@ -172,9 +172,9 @@ def test_dashboard_port_taken_is_not_a_warning(small_aoi, tmp_path) -> None:
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         holder.bind(("0.0.0.0", 8787))
+        holder.listen()
     except OSError:
-        pytest.skip("port 8787 is already taken by something else: the case holds anyway")
-    holder.listen()
+        pass  # already taken by something else: the case is set up all the same
     try:
         code, output = cli("run", small_aoi.root, "--out", tmp_path / "out", "--formats", "geotiff",
                            "--workers", "1")
