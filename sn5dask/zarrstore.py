@@ -38,6 +38,7 @@ from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 from zarr.core.metadata import ArrayV3Metadata
 from zarr.core.sync import sync as zarr_sync
 
+from sn5dask import files
 from sn5dask.config import MASK_KINDS
 from sn5dask.encodings import MASK_ENCODINGS, RGB_VALUES, rgb_descriptions
 from sn5dask.raster import ChipHeader
@@ -182,8 +183,6 @@ def chunk_key(name: str, index: int, ndim: int) -> tuple[str, ...]:
 def written_chips(url: str) -> frozenset[int]:
     """Indexes of the chips whose chunk exists in every data array (`rgb`, `mask_*`) of the
     store: a chunk never written reads as zeros, so existence is the evidence."""
-    from sn5dask import files
-
     by_array: dict[str, set[int]] = {}
     for key in files.find(url):
         parts = key.split("/")
@@ -238,8 +237,6 @@ def write_chip(
         for name, array in store.arrays.items()
     }
     if store.direct:
-        from sn5dask import files
-
         for name, chunk in chunks.items():
             array = store.arrays[name]
             key = "/".join(chunk_key(name, index, array.ndim))
@@ -306,9 +303,8 @@ def _open_store(url: str) -> _OpenStore:
     names = ["rgb", *(f"mask_{kind}" for kind in MASK_KINDS)]
     arrays = {name: members[name] for name in names if name in members}
     encoders = {name: _chunk_encoder(array) for name, array in arrays.items()}
-    local = "://" not in url or url.startswith("file://")
     direct = {n: e for n, e in encoders.items() if e is not None}
-    if not local or len(direct) != len(arrays):
+    if not files.is_local(url) or len(direct) != len(arrays):
         direct = {}
     return _OpenStore(arrays, direct)
 
