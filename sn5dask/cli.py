@@ -149,7 +149,7 @@ def run(
         )  # fmt: skip
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    from sn5dask.cluster import prepare_local_workers
+    from sn5dask.forkserver import prepare_local_workers
 
     prepare_local_workers(cfg.scheduler)  # the workers' imports overlap with the client's
     raise typer.Exit(_run_and_report(cfg))
@@ -226,7 +226,7 @@ def demo(
 ) -> None:
     """Generate a synthetic AOI (reused when already there and intact) and run the whole
     job on it on a LocalCluster."""
-    from sn5dask.cluster import prepare_local_workers
+    from sn5dask.forkserver import prepare_local_workers
     from sn5dask.config import load_config
     from sn5dask.synthetic import ensure_synthetic_aoi
 

@@ -8,141 +8,34 @@ timeouts) is dask configuration, not sn5dask's.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-import multiprocessing
-import multiprocessing.forkserver
 import os
-import signal
 import threading
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import dask.config
 from distributed import Client, LocalCluster, fire_and_forget
+from distributed import Scheduler
+from tornado import web
+
+from sn5dask.forkserver import (
+    PRE_SPAWN_KEY,
+    environ,
+    prepare_local_workers,
+    scheduler_address,
+    sigint_ignored,
+    start_worker_server,
+    worker_process_environ,
+    worker_start_method,
+)
+
+__all__ = ["get_client", "prepare_local_workers", "prepare_worker", "warm_up_workers"]
 
 log = logging.getLogger("sn5dask")
-_TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-_DISTRIBUTED_DEFAULT_TRIM = "65536"
 _METHOD_KEY = "distributed.worker.multiprocessing-method"
-_PRE_SPAWN_KEY = "distributed.nanny.pre-spawn-environ"
-#: dask config key: how the LocalCluster sn5dask starts makes its worker processes.
-START_METHOD_KEY = "sn5dask.worker-start-method"
-#: What the fork server imports once, so that every worker forked from it starts with
-#: them: the client's main module (which multiprocessing otherwise re-imports in every
-#: worker, as spawn does), distributed and the chip-task code (rasterio/GDAL, shapely,
-#: pyproj, odc-geo).
-WORKER_MODULES = ("__main__", "distributed", "sn5dask.aoistats", "sn5dask.chiptask")
-
-
-def worker_environment_overrides() -> dict[str, object]:
-    """dask config for the workers sn5dask starts itself.
-
-    distributed sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns, so glibc hands
-    freed memory straight back to the OS and each chip's large arrays are page-faulted
-    afresh: measured 17-20 % fewer chips/s than glibc's own default (+15 MiB peak RSS per
-    worker; benchmarks/README.md). Unset it (distributed's documented `None`) unless the
-    user chose a value, in dask config or as the environment variable.
-    """
-    if "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return {}
-    if str(dask.config.get(_TRIM_KEY, None)) != _DISTRIBUTED_DEFAULT_TRIM:
-        return {}
-    return {_TRIM_KEY: None}
-
-
-def worker_start_method() -> str:
-    """`forkserver` (default where the platform has it) or `spawn` (dask's default).
-
-    Spawned workers each start a fresh interpreter and import distributed, GDAL, GEOS and
-    PROJ bindings again (~0.9 s of CPU per worker, benchmarks/README.md). Forked from a
-    server that imported them once, they start in milliseconds. The server is
-    single-threaded when it forks, unlike the client, which is why `fork` itself is never
-    used. Set `sn5dask.worker-start-method: spawn` in dask config (or
-    DASK_SN5DASK__WORKER_START_METHOD=spawn) to get dask's default back.
-    """
-    method = str(dask.config.get(START_METHOD_KEY, "forkserver"))
-    if method not in ("forkserver", "spawn"):
-        raise ValueError(f"{START_METHOD_KEY} must be forkserver or spawn, not {method!r}")
-    if method not in multiprocessing.get_all_start_methods():
-        return "spawn"
-    return method
-
-
-def worker_process_environ() -> dict[str, str]:
-    """The variables a worker process must have from its first instruction (one thread for
-    OpenMP/BLAS, ...): distributed's `nanny.pre-spawn-environ` with sn5dask's overrides,
-    where the client's environment does not already set them."""
-    with dask.config.set(worker_environment_overrides()):
-        # (a copy: dask restores the same dict in place when the context exits)
-        configured = dict(dask.config.get(_PRE_SPAWN_KEY))
-    return {k: os.environ.get(k, str(v)) for k, v in configured.items() if v is not None}
-
-
-@contextmanager
-def _environ(extra: Mapping[str, str]) -> Iterator[None]:
-    """`os.environ` with `extra` for the duration of the block (a process started inside
-    inherits it), then exactly as it was: the caller's environment is not changed."""
-    saved = {key: os.environ.get(key) for key in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored while worker processes start, so they keep ignoring it: a Ctrl-C in
-    the terminal reaches the whole process group, and only the client should act on it
-    (it records what finished and closes the cluster). Without this each worker prints a
-    KeyboardInterrupt traceback. Python keeps an inherited SIG_IGN, and the fork server
-    hands its children the disposition it started with. (Only the main thread may set
-    signal handlers; elsewhere this does nothing.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def start_worker_server() -> None:
-    """Start the fork server for local workers now, so its imports overlap with whatever
-    the client does next (discovery, the scheduler's own start). Idempotent and cheap
-    once running; a no-op with the spawn method.
-
-    The server's environment is the one its workers start with, so it is started with
-    `worker_process_environ()` added; the client's own `os.environ` is left as it was.
-    Only what a process reads as it starts (allocator, thread pools) comes from the
-    server's environment: `get_client` hands each worker the client's current variables.
-    """
-    if worker_start_method() != "forkserver":
-        return
-    multiprocessing.set_forkserver_preload(list(WORKER_MODULES))
-    with _environ(worker_process_environ()), _sigint_ignored():
-        multiprocessing.forkserver.ensure_running()
-
-
-def prepare_local_workers(scheduler: str | None = None) -> None:
-    """Start the fork server now when this run will start its own LocalCluster."""
-    if not scheduler_address(scheduler):
-        start_worker_server()
-
-
-def scheduler_address(scheduler: str | None = None) -> str | None:
-    """The scheduler to use: the argument, else DASK_SCHEDULER_ADDRESS / dask config."""
-    return (
-        scheduler
-        or os.environ.get("DASK_SCHEDULER_ADDRESS")
-        or dask.config.get("scheduler-address", None)
-    )
 
 
 def default_worker_count() -> int:
@@ -175,12 +68,13 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
     # scan's local copy (`chipcache`), and a steal would download the chip a second time.
     # Chips without a copy are queued on the scheduler, where nothing is stolen anyway.
     local_config = {
-        _PRE_SPAWN_KEY: {},
+        PRE_SPAWN_KEY: {},
         _METHOD_KEY: worker_start_method(),
         "distributed.scheduler.work-stealing": False,
     }
+    lazy_dashboard = importlib.util.find_spec("bokeh") is not None
     with dask.config.set(local_config):
-        with _environ(process_environ), _sigint_ignored(), warnings.catch_warnings():
+        with environ(process_environ), sigint_ignored(), warnings.catch_warnings():
             # With 8787 taken (a notebook's cluster, another run), distributed warns in
             # four lines and serves the dashboard elsewhere; the link sn5dask prints
             # names the port actually used.
@@ -191,13 +85,55 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
                 processes=True,
                 silence_logs=logging.ERROR,
                 dashboard_address=dask.config.get("distributed.dashboard.address", ":8787"),
+                # bokeh's pages come with the first request for one (_serve_dashboard_on_first_request)
+                scheduler_kwargs={"dashboard": False} if lazy_dashboard else None,
                 # Forked workers inherit the fork server's environment, which may be older
                 # than the client's (AWS_*, GDAL_* set since): each worker applies the
                 # client's current variables first thing, as spawned workers would have.
                 env={**os.environ, **process_environ},
             )
+        if lazy_dashboard:
+            assert cluster.scheduler is not None
+            _serve_dashboard_on_first_request(cluster.scheduler)
         with cluster, Client(cluster) as client:
             yield client
+
+
+class _DashboardOnFirstRequest(web.RequestHandler):
+    """Any page the scheduler's HTTP server has no route for yet: attach the bokeh
+    dashboard, then send the browser to the same address again (bokeh answers it now)."""
+
+    def initialize(self, attach: Callable[[], None]) -> None:
+        self._attach = attach
+
+    def get(self, *_: str) -> None:
+        self._attach()
+        self.redirect(self.request.uri or "/")
+
+
+def _serve_dashboard_on_first_request(scheduler: Scheduler) -> None:
+    """Have the scheduler's HTTP server import and attach the bokeh dashboard when a page
+    of it is first asked for.
+
+    distributed imports bokeh (≈0.65 s of the client's CPU, benchmarks/README.md) inside
+    the scheduler's start, before any worker is asked for, so every run waited for it,
+    and a batch run usually has nobody looking. The scheduler now starts its HTTP server
+    (same address, same link, its JSON and Prometheus routes) without the bokeh pages;
+    the first request for one (a browser opening the printed link, the JupyterLab
+    extension, sn5dask's dashboard) attaches them, on the scheduler's event loop, once.
+    """
+    application = scheduler.http_application
+    lazy = web.Application([(r"/.*", _DashboardOnFirstRequest, {"attach": lambda: attach()})])
+
+    def attach() -> None:
+        if lazy not in application.applications:
+            return  # attached by an earlier request
+        application.applications.remove(lazy)
+        import distributed.dashboard.scheduler
+
+        distributed.dashboard.scheduler.connect(application, scheduler.http_server, scheduler, prefix="/")
+
+    application.add_application(lazy)
 
 
 def warm_up_workers(client: Client) -> None:

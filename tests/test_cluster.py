@@ -5,7 +5,7 @@ from __future__ import annotations
 import dask
 import pytest
 
-from sn5dask.cluster import scheduler_address, worker_environment_overrides
+from sn5dask.forkserver import scheduler_address, worker_environment_overrides
 
 KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
@@ -61,7 +61,8 @@ def _wait_for_utm_table(client, timeout_s: float = 60) -> dict:  # noqa: ANN001
 
 @pytest.mark.slow
 def test_warm_up_prepares_every_spawned_worker_without_zarr() -> None:
-    from sn5dask.cluster import START_METHOD_KEY, get_client, warm_up_workers
+    from sn5dask.cluster import get_client, warm_up_workers
+    from sn5dask.forkserver import START_METHOD_KEY
 
     with dask.config.set({START_METHOD_KEY: "spawn"}), get_client(workers=2) as client:
         assert not any(s["chiptask"] for s in client.run(_worker_state).values())
@@ -89,7 +90,8 @@ def test_local_workers_fork_from_a_single_threaded_server_with_the_task_code(
 ) -> None:
     import os
 
-    from sn5dask.cluster import get_client, warm_up_workers, worker_start_method
+    from sn5dask.cluster import get_client, warm_up_workers
+    from sn5dask.forkserver import worker_start_method
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     assert worker_start_method() == "forkserver"
@@ -114,7 +116,7 @@ def test_local_workers_fork_from_a_single_threaded_server_with_the_task_code(
 
 
 def test_worker_start_method_config() -> None:
-    from sn5dask.cluster import START_METHOD_KEY, worker_start_method
+    from sn5dask.forkserver import START_METHOD_KEY, worker_start_method
 
     with dask.config.set({START_METHOD_KEY: "spawn"}):
         assert worker_start_method() == "spawn"
@@ -132,7 +134,8 @@ def _environ_value(name: str) -> str | None:
 def test_forked_workers_see_variables_set_after_the_fork_server_started(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sn5dask.cluster import get_client, start_worker_server
+    from sn5dask.cluster import get_client
+    from sn5dask.forkserver import start_worker_server
 
     start_worker_server()  # already running in this process, or started now
     monkeypatch.setenv("SN5DASK_TEST_LATE_VARIABLE", "set-after-the-server")
@@ -195,3 +198,94 @@ def test_importing_the_config_imports_no_gdal_geos_or_proj() -> None:
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_worker_environment_is_known_before_distributed_is_imported() -> None:
+    """The CLI starts the fork server before the client imports distributed: the workers'
+    variables then come from distributed's defaults file, under the user's dask config,
+    exactly as they do once distributed is imported."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sn5dask.forkserver as f\n"
+        "before = (f.worker_process_environ(), f.worker_environment_overrides())\n"
+        "assert 'distributed' not in sys.modules, 'imported distributed'\n"
+        "import distributed\n"
+        "after = (f.worker_process_environ(), f.worker_environment_overrides())\n"
+        "print(before == after, sorted(before[0].items()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "OMP_", "MKL_", "MALLOC_"))}
+    env["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"] = "{'MKL_NUM_THREADS': 3}"  # the user's config
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "True [('MKL_NUM_THREADS', '3'), ('OMP_NUM_THREADS', '1'), ('OPENBLAS_NUM_THREADS', '1')]"
+    )
+
+
+@pytest.mark.slow
+def test_forked_workers_do_not_run_the_main_script_again(tmp_path) -> None:  # noqa: ANN001
+    """The fork server imports the client's script once; the workers forked from it don't
+    each run it again (Python < 3.13.8 would: gh-126631)."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "runs.log"
+    script = tmp_path / "client_script.py"
+    script.write_text(
+        "import os\n"
+        f"open({str(log)!r}, 'a').write(f'{{__name__}} {{os.getpid()}}\\n')\n"
+        "from sn5dask.cluster import get_client\n"
+        "if __name__ == '__main__':\n"
+        "    with get_client(workers=2) as client:\n"
+        "        print(sorted(client.run(os.getpid).values()), os.getpid())\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    runs = log.read_text().split()
+    names, pids = runs[0::2], [int(p) for p in runs[1::2]]
+    assert names == ["__main__", "__mp_main__"]  # the client, then the fork server, once
+    worker_pids = eval(result.stdout.split("]")[0] + "]")
+    assert len(worker_pids) == 2 and not set(worker_pids) & set(pids)
+
+
+@pytest.mark.slow
+def test_dask_dashboard_is_imported_when_first_asked_for() -> None:
+    """A run starts without importing bokeh (≈0.65 s); the printed link still opens the
+    dask dashboard: its first request attaches the bokeh pages."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    code = (
+        "import sys, json\n"
+        "from sn5dask.cluster import get_client\n"
+        "if __name__ == '__main__':\n"
+        "    with get_client(workers=1) as client:\n"
+        "        print(json.dumps([client.dashboard_link, 'bokeh' in sys.modules]), flush=True)\n"
+        "        sys.stdin.readline()\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as proc:  # fmt: skip
+        assert proc.stdout is not None and proc.stdin is not None
+        link, bokeh_imported = json.loads(proc.stdout.readline())
+        try:
+            assert not bokeh_imported
+            with urllib.request.urlopen(link, timeout=60) as response:
+                page = response.read().decode()
+                assert response.status == 200 and response.geturl() == link
+            assert "Bokeh" in page and "Dask" in page
+            root = link.rsplit("/", 1)[0]
+            with urllib.request.urlopen(f"{root}/individual-plots.json", timeout=60) as response:
+                assert "Individual Task Stream" in json.loads(response.read())
+            with urllib.request.urlopen(f"{root}/health", timeout=60) as response:
+                assert response.read() == b"ok"
+            with pytest.raises(urllib.error.HTTPError, match="404"):
+                urllib.request.urlopen(f"{root}/no-such-page", timeout=60)
+        finally:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0
