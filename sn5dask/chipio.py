@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -95,6 +96,11 @@ class OutputWriter(Protocol):
 
     def write_bytes(self, url: str, data: bytes) -> None:
         """A small file (JSON, a log)."""
+        ...
+
+    def committed_together(self) -> AbstractContextManager[None]:
+        """A block whose writes may get their final names together at its end (cheaper to
+        make durable); a write is never visible under its final name before it is whole."""
         ...
 
     def read_bytes(self, url: str) -> bytes:
@@ -187,6 +193,9 @@ class FileWriter:
 
     def write_bytes(self, url: str, data: bytes) -> None:
         files.write_bytes_atomic(url, data)
+
+    def committed_together(self) -> AbstractContextManager[None]:
+        return files.committed_together()
 
     def read_bytes(self, url: str) -> bytes:
         return files.read_bytes(url)

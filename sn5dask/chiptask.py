@@ -111,9 +111,19 @@ def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) 
 def process_chip_batch(
     batch: Sequence[tuple[ChipRecord, int | None]], job: ChipJob
 ) -> list[ChipResult]:
-    """`process_chip` of each (chip, Zarr index) of a batch, in order (one dask task for
-    several small chips; `graph.chip_tasks`)."""
-    return [process_chip(chip, job, index) for chip, index in batch]
+    """`process_chip` of each (chip, Zarr index) of a batch, in order (one dask task: one
+    chip, or several small ones; `graph.chip_tasks`).
+
+    The batch's outputs get their final names together when it ends (one flush to disk
+    instead of one per file, `OutputWriter.committed_together`). If that fails, no output
+    of the batch is renamed and every chip of it is reported failed.
+    """
+    try:
+        with job.writer.committed_together():
+            return [process_chip(chip, job, index) for chip, index in batch]
+    except OSError as exc:
+        reason = f"outputs could not be made durable ({exc}): not written"
+        return [ChipResult.failed(chip, f"{chip.image}: {reason}") for chip, _ in batch]
 
 
 def _save_traceback(job: ChipJob, chip: ChipRecord, text: str) -> str:

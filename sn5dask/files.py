@@ -11,10 +11,15 @@ truncated file under a final name. On S3 an object is written by one PUT, which 
 
 from __future__ import annotations
 
+import contextvars
+import ctypes
 import functools
 import os
 import posixpath
 import stat
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import fsspec
@@ -186,7 +191,10 @@ def require_regular_file(path: str) -> None:
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
     """Write `data` under `url` so that the final name only ever holds complete content:
-    locally a `.partial` file, fsync, then rename; on S3 one PUT (atomic there)."""
+    locally a `.partial` file, fsync, then rename; on S3 one PUT (atomic there).
+
+    Inside `committed_together`, the local flush and rename wait for the end of the block.
+    """
     if not is_local(url):
         fs, path = filesystem(url)
         fs.pipe_file(path, data)
@@ -196,18 +204,107 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     if folder and not os.path.isdir(folder):  # one stat in the usual case
         os.makedirs(folder, exist_ok=True)
     partial = path + PARTIAL_SUFFIX
+    pending = _pending_renames.get()
     try:
         with open(partial, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
+            if pending is None:
+                f.flush()
+                os.fsync(f.fileno())
+        if pending is None:
+            os.replace(partial, path)
+        else:
+            pending[path] = None
     except BaseException:
         try:
             os.remove(partial)
         except FileNotFoundError:
             pass
         raise
+
+
+#: The local files written inside the current `committed_together` block (an ordered set).
+_pending_renames: contextvars.ContextVar[dict[str, None] | None] = contextvars.ContextVar(
+    "sn5dask_pending_renames", default=None
+)
+
+
+@contextmanager
+def committed_together() -> Iterator[None]:
+    """Local atomic writes in this block get their final names together, at its end.
+
+    Each file is written to its `.partial` name as usual; at the end, one `syncfs` per
+    filesystem makes all of them durable, then each is renamed. The promise stays that of
+    `write_bytes_atomic` (a final name only ever holds complete content, across a power
+    loss too); the cost is one flush instead of one per file. A chip task writes ten small
+    files: per file, fsync cost about 0.2 ms of CPU and 0.5 ms of wall time
+    (benchmarks/README.md). Files are renamed even when the block raises: what was
+    written is complete. Nested blocks commit with the outermost.
+    """
+    if _pending_renames.get() is not None:
+        yield
+        return
+    pending: dict[str, None] = {}
+    token = _pending_renames.set(pending)
+    try:
+        yield
+    finally:
+        _pending_renames.reset(token)
+        _commit(list(pending))
+
+
+def _commit(paths: list[str]) -> None:
+    partials = [path + PARTIAL_SUFFIX for path in paths]
+    try:
+        _flush(partials)
+    except BaseException:
+        for partial in partials:  # not made durable: none gets its final name
+            try:
+                os.remove(partial)
+            except OSError:
+                pass
+        raise
+    for path, partial in zip(paths, partials, strict=True):
+        os.replace(partial, path)
+
+
+def _flush(partials: list[str]) -> None:
+    """Make the files durable: one `syncfs` per filesystem, else an fsync per file."""
+    syncfs = _syncfs()
+    if syncfs is None:
+        for partial in partials:
+            fd = os.open(partial, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    else:
+        flushed: set[int] = set()
+        for partial in partials:
+            fd = os.open(partial, os.O_RDONLY)
+            try:
+                device = os.fstat(fd).st_dev
+                if device not in flushed:
+                    if syncfs(fd) != 0:
+                        raise OSError(ctypes.get_errno(), f"syncfs failed ({partial})")
+                    flushed.add(device)
+            finally:
+                os.close(fd)
+
+
+@functools.lru_cache(maxsize=1)
+def _syncfs() -> Any:
+    """glibc's `syncfs`, where it reports write-back errors (Linux >= 5.8); else None
+    (each file is then fsynced)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        major, minor = (int(part) for part in os.uname().release.split(".")[:2])
+        if (major, minor) < (5, 8):
+            return None
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def remove_partials(folder_url: str) -> int:

@@ -7,6 +7,8 @@ problems with one feature become warnings naming the file and the feature.
 
 from __future__ import annotations
 
+import functools
+
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -201,9 +203,16 @@ def _document_crs(document: dict[str, Any], source: str) -> CRS:
         return GEOJSON_DEFAULT_CRS
     try:
         name = member["properties"]["name"]
-        return CRS.from_user_input(str(name))
+        return _named_crs(str(name))
     except (KeyError, TypeError, CRSError) as exc:
         raise LabelError(source, f"unreadable 'crs' member {member!r} ({_short(exc)})") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _named_crs(name: str) -> CRS:
+    """One CRS object per name and process: an AOI's labels all name the same one, and
+    the masks keep their transformers per CRS object (`masks.reproject_geometries`)."""
+    return CRS.from_user_input(name)
 
 
 def _short(exc: BaseException) -> str:

@@ -107,7 +107,7 @@ def burn_speed_classes(
     roads_on_chip = int(np.count_nonzero(shapely.intersects([p for p, _ in shapes], footprint))) if shapes else 0
     if shapes:
         classes = rasterize(
-            shapes,
+            [(_geojson_like(polygon), class_index) for polygon, class_index in shapes],
             out_shape=(height, width),
             transform=grid.affine,
             fill=0,
@@ -117,6 +117,25 @@ def burn_speed_classes(
     else:
         classes = np.zeros((height, width), dtype)
     return SpeedClasses(classes, np.concatenate([[0.0], class_speeds]), roads_on_chip)
+
+
+def _geojson_like(geometry: BaseGeometry) -> dict[str, object]:
+    """The GeoJSON-like mapping rasterio reads a shape from, for a (multi)polygon built from
+    its rings' coordinate arrays: the same coordinates as shapely's `__geo_interface__`,
+    which builds a Python tuple per vertex and was half of burning a small chip's masks
+    (`python benchmarks/bench_masks.py`). Other geometry types use `__geo_interface__`."""
+    if isinstance(geometry, shapely.Polygon):
+        return {"type": "Polygon", "coordinates": _rings(geometry)}
+    if isinstance(geometry, shapely.MultiPolygon):
+        return {"type": "MultiPolygon", "coordinates": [_rings(part) for part in geometry.geoms]}
+    return dict(geometry.__geo_interface__)
+
+
+def _rings(polygon: shapely.Polygon) -> list[list[list[float]]]:
+    if polygon.is_empty:
+        return []
+    rings = [polygon.exterior, *polygon.interiors]
+    return [shapely.get_coordinates(ring).tolist() for ring in rings]
 
 
 def class_raster_dtype(n_classes: int) -> np.dtype:
@@ -181,9 +200,9 @@ def _warn(warnings: list[str] | None, text: str) -> None:
 
 def reproject_geometries(geometries: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
     """Reproject shapely geometries with an always-xy transformer (as geopandas does)."""
-    if src == dst:
+    if src is dst or src == dst:
         return geometries
-    transformer = _transformer(src.to_wkt(), dst.to_wkt())
+    transformer = _transformer_between(src, dst)
 
     def transform_xy(xy: np.ndarray) -> np.ndarray:
         x, y = transformer.transform(xy[:, 0], xy[:, 1])
@@ -197,15 +216,35 @@ def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
     return Transformer.from_crs(CRS.from_wkt(src_wkt), CRS.from_wkt(dst_wkt), always_xy=True)
 
 
+#: (id(src), id(dst)) -> (src, dst, transformer); the entry holds both CRS objects, so
+#: their ids are not reused while it lives.
+_TRANSFORMERS_BY_OBJECT: dict[tuple[int, int], tuple[CRS, CRS, Transformer]] = {}
+
+
+def _transformer_between(src: CRS, dst: CRS) -> Transformer:
+    """`_transformer` for two CRS objects, looked up by identity first: a chip's CRSs are
+    the same few objects every time (cached by odc-geo, `_crs_from_epsg`, the label
+    reader), and their WKT, the cache key, cost ≈0.1 ms to write out per call."""
+    key = (id(src), id(dst))
+    hit = _TRANSFORMERS_BY_OBJECT.get(key)
+    if hit is not None and hit[0] is src and hit[1] is dst:
+        return hit[2]
+    transformer = _transformer(src.to_wkt(), dst.to_wkt())
+    if len(_TRANSFORMERS_BY_OBJECT) >= 256:
+        _TRANSFORMERS_BY_OBJECT.clear()
+    _TRANSFORMERS_BY_OBJECT[key] = (src, dst, transformer)
+    return transformer
+
+
 def grid_centre_lonlat(grid: GeoBox) -> tuple[float, float]:
     """(lon, lat) of the centre of a grid's footprint."""
     height, width = grid.shape.yx
     x, y = grid.affine @ (width / 2.0, height / 2.0)
     source = _grid_crs(grid)
-    lonlat = CRS.from_epsg(4326)
-    if source == lonlat:
+    lonlat = _crs_from_epsg(4326)
+    if source is lonlat or source == lonlat:
         return float(x), float(y)
-    lon, lat = _transformer(source.to_wkt(), lonlat.to_wkt()).transform(x, y)
+    lon, lat = _transformer_between(source, lonlat).transform(x, y)
     return float(lon), float(lat)
 
 

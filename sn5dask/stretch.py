@@ -12,6 +12,8 @@ arithmetic (same dtypes, same operation order) so the float result agrees to the
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -175,9 +177,19 @@ def stretch_to_uint8(
     nodata_per_band = _per_band(nodata, bands.shape[0])
     out = np.empty(bands.shape, dtype=np.uint8)
     for i, (band, cut) in enumerate(zip(bands, cuts, strict=True)):
-        lut = stretch_lut(cut, bands.dtype, nodata_per_band[i], floor)
+        lut = _shared_lut(cut, bands.dtype.str, nodata_per_band[i], floor)
         np.take(lut, band, out=out[i])
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _shared_lut(cut: BandCut, dtype: str, nodata: float | None, floor: int) -> np.ndarray:
+    """`stretch_lut`, read-only and kept per process: an AOI-wide stretch has the same cut
+    for every chip, and a uint16 table (65,536 values) cost more than stretching a small
+    chip (≈1 ms per 64 px chip, benchmarks/README.md)."""
+    lut = stretch_lut(cut, np.dtype(dtype), nodata, floor)
+    lut.flags.writeable = False
+    return lut
 
 
 def _per_band(value: Sequence[float | None] | float | None, n: int) -> list[float | None]:

@@ -20,6 +20,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +188,9 @@ class MemoryWriter:
     def write_bytes(self, url: str, data: bytes) -> None:
         self._check(url)
         self.files[url] = bytes(data)
+
+    def committed_together(self) -> AbstractContextManager[None]:
+        return nullcontext()  # each write is whole when it lands in the registry
 
     def read_bytes(self, url: str) -> bytes:
         value = self.files.get(url)

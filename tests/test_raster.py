@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +115,58 @@ def test_gdal_options_derived_from_aws_endpoint_url(monkeypatch: pytest.MonkeyPa
     assert options["AWS_HTTPS"] == "NO" and options["AWS_VIRTUAL_HOSTING"] == "FALSE"
     monkeypatch.setenv("AWS_ENDPOINT_URL", "https://minio.example:9000/")
     assert gdal_options()["AWS_HTTPS"] == "YES"
+
+
+def test_writes_committed_together_appear_whole_at_the_end_of_the_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sn5dask import files
+
+    flushes: list[str] = []
+    real = files._syncfs()
+    if real is None:
+        pytest.skip("no syncfs here: each file is fsynced at the end instead")
+
+    def counting_syncfs(fd: int) -> int:
+        flushes.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return int(real(fd))
+
+    monkeypatch.setattr(files, "_syncfs", lambda: counting_syncfs)
+    (tmp_path / "old.tif").write_bytes(b"old")
+    with files.committed_together():
+        files.write_bytes_atomic(str(tmp_path / "a" / "one.tif"), b"1" * 100)
+        files.write_bytes_atomic(str(tmp_path / "old.tif"), b"new")
+        files.write_bytes_atomic(str(tmp_path / "old.tif"), b"newer")  # the last write wins
+        with files.committed_together():  # nested: commits with the outer block
+            files.write_bytes_atomic(str(tmp_path / "two.tif"), b"2")
+        # nothing under a final name yet, the old file untouched
+        assert not (tmp_path / "a" / "one.tif").exists() and not (tmp_path / "two.tif").exists()
+        assert (tmp_path / "old.tif").read_bytes() == b"old"
+        assert flushes == []
+    assert (tmp_path / "a" / "one.tif").read_bytes() == b"1" * 100
+    assert (tmp_path / "old.tif").read_bytes() == b"newer"
+    assert (tmp_path / "two.tif").read_bytes() == b"2"
+    assert len(flushes) == 1  # one flush for the filesystem, not one per file
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_committed_together_renames_what_was_written_when_the_block_fails(tmp_path: Path) -> None:
+    from sn5dask import files
+
+    with pytest.raises(RuntimeError, match="chip failed"), files.committed_together():
+        files.write_bytes_atomic(str(tmp_path / "rgb.tif"), b"rgb")
+        raise RuntimeError("chip failed")
+    assert (tmp_path / "rgb.tif").read_bytes() == b"rgb"  # complete, so kept (as without a block)
+
+
+def test_a_failed_flush_leaves_no_final_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sn5dask import files
+
+    def failing_syncfs(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(files, "_syncfs", lambda: failing_syncfs)
+    with pytest.raises(OSError, match="syncfs failed"), files.committed_together():
+        files.write_bytes_atomic(str(tmp_path / "rgb.tif"), b"rgb")
+    assert list(tmp_path.iterdir()) == []  # no final name, and the .partial removed
