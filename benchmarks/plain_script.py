@@ -4,6 +4,9 @@
 - `plain_job`: the job done the straightforward way with multiprocessing (no dask):
   histogram pass (bands 5,3,2, `np.bincount` per band), exact percentiles, a second read,
   LUT stretch, one rasterise per mask kind, DEFLATE (level 6, GDAL's default) GeoTIFFs.
+  As a script, whole process from the shell as a practitioner runs it:
+  `python benchmarks/plain_script.py AOI_FOLDER OUT` (AOI_FOLDER holds `PS-MS/` and
+  `geojson_roads_speed/`).
 
 Both use plain rasterio/geopandas/shapely the way a practitioner would write them.
 """
@@ -104,3 +107,19 @@ def plain_job(chips: list[tuple[str, str | None]], out_dir: str, processes: int 
         total = sum(pool.map(_histogram, paths, chunksize=1))
         cuts = [tuple(percentiles_from_histogram(total[i], [2, 98])) for i in range(3)]
         pool.map(_write_chip, [(p, label, cuts, out_dir) for p, label in chips], chunksize=1)
+
+
+def aoi_chips(aoi_folder: Path) -> list[tuple[str, str | None]]:
+    """(image, label or None) of every chip of a SpaceNet-style AOI folder."""
+    pairs = []
+    for image in sorted((aoi_folder / "PS-MS").glob("*.tif")):
+        label = aoi_folder / "geojson_roads_speed" / image.name.replace(
+            "PS-MS", "geojson_roads_speed").replace(".tif", ".geojson")
+        pairs.append((str(image), str(label) if label.exists() else None))
+    return pairs
+
+
+if __name__ == "__main__":
+    import sys
+
+    plain_job(aoi_chips(Path(sys.argv[1])), sys.argv[2])

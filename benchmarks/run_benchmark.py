@@ -9,6 +9,8 @@ and for each repetition, times:
 - sn5dask (`sn5dask.run` on the same LocalCluster `sn5dask run` starts: 2 single-threaded
   worker processes, cluster start-up included), GeoTIFF only and GeoTIFF + Zarr;
 - the read floor and the straightforward 2-process script (benchmarks/plain_script.py);
+- `sn5dask run` and the straightforward script each as a fresh process from the shell
+  (interpreter start to exit: what a user waits for; issue 18 compares these two);
 and prints chips/s (min/median/max), ratios measured within each repetition, CPU seconds
 per chip, per-stage times, each chip's pixel-read count, and the peak RSS of the client and
 of each worker at several AOI sizes. The page cache is warmed by a read pass first, and
@@ -52,14 +54,6 @@ def make_data(data_dir: Path, n_chips: int) -> Path:
     return root
 
 
-def chips_of(root: Path) -> list[tuple[str, str | None]]:
-    images = sorted((root / SYNTHETIC_AOI / "PS-MS").glob("*.tif"))
-    pairs = []
-    for image in images:
-        label = root / SYNTHETIC_AOI / "geojson_roads_speed" / image.name.replace(
-            "PS-MS", "geojson_roads_speed").replace(".tif", ".geojson")
-        pairs.append((str(image), str(label) if label.exists() else None))
-    return pairs
 
 
 def _worker_stats() -> dict:
@@ -154,6 +148,14 @@ def run_cli(root: Path, out: Path) -> None:
                    check=True, capture_output=True)
 
 
+def run_plain_script(root: Path, out: Path) -> None:
+    """The straightforward script as a practitioner runs it: a fresh process from the shell
+    (interpreter start, its imports, its pool), like `run_cli`."""
+    script = Path(__file__).resolve().with_name("plain_script.py")
+    subprocess.run([sys.executable, str(script), str(root / SYNTHETIC_AOI), str(out)],
+                   check=True, capture_output=True)
+
+
 def settle() -> None:
     """Flush dirty pages left by the previous job before timing the next one.
 
@@ -195,20 +197,22 @@ def main() -> None:
     # `__mp_main__`, and the reference script's geopandas would cost each sn5dask worker
     # ~0.27 s of imports that `sn5dask run` never pays.
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from plain_script import plain_job, read_floor
+    from plain_script import aoi_chips, plain_job, read_floor
 
     print(f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
           f"python {sys.version.split()[0]}, sn5dask {sn5dask.__name__} "
           f"{__import__('importlib.metadata').metadata.version('sn5dask')}")
     root = make_data(args.data, args.chips)
-    chips = chips_of(root)
+    chips = aoi_chips(root / SYNTHETIC_AOI)
     paths = [p for p, _ in chips]
     out = args.data / "out"
     read_floor(paths)  # warm the page cache
 
-    rows: dict[str, list[float]] = {k: [] for k in ("floor", "plain", "geotiff", "zarr", "cli")}
+    rows: dict[str, list[float]] = {
+        k: [] for k in ("floor", "plain", "geotiff", "zarr", "cli", "plain_cli")
+    }
     ratios: dict[str, list[float]] = {
-        k: [] for k in ("vs_plain", "vs_floor", "zarr_vs_plain", "cli_vs_plain")
+        k: [] for k in ("vs_plain", "vs_floor", "zarr_vs_plain", "cli_vs_plain", "cli_vs_plain_cli")
     }
     runs = []
     for rep in range(args.repeat):
@@ -218,9 +222,13 @@ def main() -> None:
         zarr = run_sn5dask(root, out, "geotiff,zarr")
         shutil.rmtree(args.data / "out_cli", ignore_errors=True)
         cli_s = timed(run_cli, root, args.data / "out_cli")
+        shutil.rmtree(args.data / "plain_out_cli", ignore_errors=True)
+        plain_cli_s = timed(run_plain_script, root, args.data / "plain_out_cli")
         n = len(chips)
         rows["cli"].append(n / cli_s)
+        rows["plain_cli"].append(n / plain_cli_s)
         ratios["cli_vs_plain"].append(plain_s / cli_s)
+        ratios["cli_vs_plain_cli"].append(plain_cli_s / cli_s)
         rows["floor"].append(n / floor_s)
         rows["plain"].append(n / plain_s)
         rows["geotiff"].append(n / geotiff["seconds"])
@@ -231,7 +239,7 @@ def main() -> None:
         runs.append((geotiff, zarr))
         print(f"run {rep + 1}: floor {n / floor_s:.1f}, plain {n / plain_s:.2f}, "
               f"sn5dask {n / geotiff['seconds']:.2f}, sn5dask+zarr {n / zarr['seconds']:.2f}, "
-              f"sn5dask CLI {n / cli_s:.2f} chips/s",
+              f"sn5dask CLI {n / cli_s:.2f}, plain script fresh {n / plain_cli_s:.2f} chips/s",
               flush=True)
 
     n = len(chips)
@@ -241,9 +249,13 @@ def main() -> None:
     print(f"sn5dask, GeoTIFF RGB + 4 masks      chips/s {spread(rows['geotiff'])}")
     print(f"sn5dask, GeoTIFF + Zarr             chips/s {spread(rows['zarr'])}")
     print(f"sn5dask CLI, fresh process          chips/s {spread(rows['cli'])}")
+    print(f"straightforward script, fresh process chips/s {spread(rows['plain_cli'])}")
     print(f"ratio sn5dask / straightforward     {spread(ratios['vs_plain'])}")
     print(f"ratio sn5dask+zarr / straightforward {spread(ratios['zarr_vs_plain'])}")
-    print(f"ratio sn5dask CLI / straightforward {spread(ratios['cli_vs_plain'])}")
+    print(f"ratio sn5dask CLI / straightforward {spread(ratios['cli_vs_plain'])} "
+          "(the script timed in this process)")
+    print(f"ratio both from a fresh process     {spread(ratios['cli_vs_plain_cli'])} "
+          "(interpreter start to exit, each)")
     print(f"ratio sn5dask / read floor          {spread(ratios['vs_floor'])}")
     geotiff = runs[len(runs) // 2][0]
     zarr = runs[len(runs) // 2][1]
