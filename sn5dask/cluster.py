@@ -72,7 +72,8 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
         _METHOD_KEY: worker_start_method(),
         "distributed.scheduler.work-stealing": False,
     }
-    lazy_dashboard = importlib.util.find_spec("bokeh") is not None
+    dashboard_address = dask.config.get("distributed.dashboard.address", ":8787")
+    lazy_dashboard = dashboard_address is not None and importlib.util.find_spec("bokeh") is not None
     with dask.config.set(local_config):
         with environ(process_environ), sigint_ignored(), warnings.catch_warnings():
             # With 8787 taken (a notebook's cluster, another run), distributed warns in
@@ -84,7 +85,7 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
                 threads_per_worker=1,
                 processes=True,
                 silence_logs=logging.ERROR,
-                dashboard_address=dask.config.get("distributed.dashboard.address", ":8787"),
+                dashboard_address=dashboard_address,
                 # bokeh's pages come with the first request for one (_serve_dashboard_on_first_request)
                 scheduler_kwargs={"dashboard": False} if lazy_dashboard else None,
                 # Forked workers inherit the fork server's environment, which may be older

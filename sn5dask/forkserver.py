@@ -175,7 +175,7 @@ def _import_client_main() -> None:
     current._inheriting = True  # type: ignore[attr-defined]  # as multiprocessing does
     try:
         multiprocessing.spawn.import_main_path(path)
-    except Exception:
+    except BaseException:  # even SystemExit: the server must live; workers then run it
         pass
     finally:
         del current._inheriting  # type: ignore[attr-defined]
