@@ -525,11 +525,13 @@ def write_stac(
     layout: AoiLayout,
     writer: OutputWriter,
 ) -> None:
-    """The AOI's STAC collection and items (for GeoTIFF outputs, which the items point to)."""
+    """The AOI's STAC collection and items (for GeoTIFF outputs, which the items point to),
+    flushed to disk together (two items per chip: an fsync each cost more than the item)."""
     if "geotiff" not in config.formats:
         return
-    for relpath, document in stac.aoi_documents(manifest, stats.headers, footprints, config.bands):
-        write_json(writer, layout.url(relpath), document)
+    with writer.committed_together():
+        for relpath, document in stac.aoi_documents(manifest, stats.headers, footprints, config.bands):
+            write_json(writer, layout.url(relpath), document)
 
 
 def write_root_catalog(config: RunConfig, writer: OutputWriter) -> None:
