@@ -132,6 +132,7 @@ def test_writes_committed_together_appear_whole_at_the_end_of_the_block(
         return int(real(fd))
 
     monkeypatch.setattr(files, "_syncfs", lambda: counting_syncfs)
+    monkeypatch.setattr(files, "_flushed_by_syncfs", lambda device: True)  # whatever /tmp is here
     (tmp_path / "old.tif").write_bytes(b"old")
     with files.committed_together():
         files.write_bytes_atomic(str(tmp_path / "a" / "one.tif"), b"1" * 100)
@@ -170,3 +171,25 @@ def test_a_failed_flush_leaves_no_final_name(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(OSError, match="syncfs failed"), files.committed_together():
         files.write_bytes_atomic(str(tmp_path / "rgb.tif"), b"rgb")
     assert list(tmp_path.iterdir()) == []  # no final name, and the .partial removed
+
+
+def test_files_on_other_filesystems_are_fsynced_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NFS, FUSE mounts (s3fs, gcsfuse) and unknown types: syncfs may not flush them (a FUSE
+    daemon need not implement it), so each file gets its own fsync."""
+    from sn5dask import files
+
+    synced: list[int] = []
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(files, "_syncfs", lambda: lambda fd: synced.append(fd) or 0)
+    monkeypatch.setattr(files, "_filesystem_type", lambda device: "fuse.s3fs")
+    monkeypatch.setattr(files.os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
+    files._flushed_by_syncfs.cache_clear()
+    try:
+        with files.committed_together():
+            for name in ("a.tif", "b.tif", "c.tif"):
+                files.write_bytes_atomic(str(tmp_path / name), name.encode())
+    finally:
+        files._flushed_by_syncfs.cache_clear()
+    assert synced == [] and len(fsynced) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "c.tif"]
