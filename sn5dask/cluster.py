@@ -11,14 +11,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import dask.config
-from distributed import Client, LocalCluster, fire_and_forget
-from distributed import Scheduler
+from distributed import Client, LocalCluster, Scheduler, fire_and_forget
 from tornado import web
 
 from sn5dask.forkserver import (

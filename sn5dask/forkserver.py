@@ -163,10 +163,10 @@ def _import_client_main() -> None:
     the client's main script once, as `__mp_main__`, so forked workers don't each run it
     again (for `sn5dask run` that is sn5dask.cli with typer and rich, ≈0.15 s per worker).
 
-    `set_forkserver_preload(["__main__"])` is meant to do this, but Python before the fix
-    of gh-126631 (3.13.8) never hands the server the main script's path. Where Python
-    did, `__main__` already is that script and nothing is done. A script that fails here
-    is left to the workers, as before.
+    `set_forkserver_preload(["__main__"])` is meant to do this, but Python without the fix
+    of CPython gh-126631 (2025; not in 3.11 or 3.12) never hands the server the main
+    script's path. Where Python did, `__main__` already is that script and nothing is
+    done. A script that fails here is left to the workers, as before.
     """
     path = os.environ.pop(_MAIN_PATH_VARIABLE, None)  # not inherited by the workers
     if not path or getattr(sys.modules.get("__main__"), "__file__", None) == path:

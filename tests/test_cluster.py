@@ -228,7 +228,7 @@ def test_worker_environment_is_known_before_distributed_is_imported() -> None:
 @pytest.mark.slow
 def test_forked_workers_do_not_run_the_main_script_again(tmp_path) -> None:  # noqa: ANN001
     """The fork server imports the client's script once; the workers forked from it don't
-    each run it again (Python < 3.13.8 would: gh-126631)."""
+    each run it again (Python 3.11 and 3.12 would: CPython gh-126631)."""
     import subprocess
     import sys
 
