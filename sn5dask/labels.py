@@ -8,7 +8,6 @@ problems with one feature become warnings naming the file and the feature.
 from __future__ import annotations
 
 import functools
-
 import json
 from collections import Counter
 from dataclasses import dataclass, field

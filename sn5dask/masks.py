@@ -122,8 +122,8 @@ def burn_speed_classes(
 def _geojson_like(geometry: BaseGeometry) -> dict[str, object]:
     """The GeoJSON-like mapping rasterio reads a shape from, for a (multi)polygon built from
     its rings' coordinate arrays: the same coordinates as shapely's `__geo_interface__`,
-    which builds a Python tuple per vertex and was half of burning a small chip's masks
-    (`python benchmarks/bench_masks.py`). Other geometry types use `__geo_interface__`."""
+    which builds a Python tuple per vertex and took half of `rasterize`'s time on small
+    chips (cProfile, benchmarks/README.md). Other geometry types use `__geo_interface__`."""
     if isinstance(geometry, shapely.Polygon):
         return {"type": "Polygon", "coordinates": _rings(geometry)}
     if isinstance(geometry, shapely.MultiPolygon):

@@ -13,7 +13,6 @@ arithmetic (same dtypes, same operation order) so the float result agrees to the
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 

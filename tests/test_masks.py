@@ -306,3 +306,21 @@ def test_mask_kinds_are_lookups_of_one_raster() -> None:
     assert list(only_binned) == ["binned"] and only_binned["binned"].max() == 144
     with pytest.raises(ValueError, match="unknown mask kind"):
         masks_from_speed_classes(classes, ["speedy"])
+
+
+def test_shapes_for_rasterize_equal_shapelys_geo_interface() -> None:
+    """`_geojson_like` hands rasterize the coordinates shapely's `__geo_interface__` gives
+    (exterior and holes, multipolygon parts), so the burned pixels are the same."""
+    from sn5dask.masks import _geojson_like
+
+    ring = shapely.LineString([(2, 2), (30, 3), (28, 29), (4, 27), (2, 2)])
+    with_hole = shapely.Polygon(ring.coords, [[(10, 10), (20, 10), (20, 20), (10, 20)]])
+    loop_buffer = shapely.LineString([(5, 5), (40, 5), (40, 40), (5, 40), (5, 6)]).buffer(2.0)
+    parts = shapely.MultiPolygon([with_hole, shapely.box(40, 40, 60, 55)])
+    for geometry in (with_hole, loop_buffer, parts, shapely.box(1, 1, 3, 3)):
+        ours, theirs = _geojson_like(geometry), geometry.__geo_interface__
+        assert ours["type"] == theirs["type"]
+        assert json.loads(json.dumps(ours["coordinates"])) == json.loads(json.dumps(theirs["coordinates"]))
+        burned = [rasterize([(shape, 1)], out_shape=(64, 64), fill=0, dtype=np.uint8)
+                  for shape in (ours, geometry)]  # fmt: skip
+        assert burned[0].any() and np.array_equal(burned[0], burned[1])
