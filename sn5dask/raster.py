@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +22,7 @@ from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.session import DummySession, Session
 
-from sn5dask import chipcache, files
+from sn5dask import chipcache, files, geotiff
 from sn5dask.config import COMPRESSIONS
 from sn5dask.errors import ImageError, TooFewBandsError
 
@@ -42,13 +42,13 @@ MAX_BLOCK_SIZE = 1024
 #   level 5 writes the four masks of a chip in 38 ms against 49 ms at GDAL's default 6,
 #   for 12 % more bytes (141 instead of 126 kB); levels 1-4 are no faster and up to
 #   1.8x larger.
-_IMAGE_CODEC: dict[str, dict[str, object]] = {
+_IMAGE_CODEC: dict[str, dict[str, str | int]] = {
     "deflate": {"compress": "deflate", "predictor": 2, "zlevel": 1},
     "zstd": {"compress": "zstd", "predictor": 2, "zstd_level": 1},
     "lzw": {"compress": "lzw", "predictor": 2},
     "none": {},
 }
-_MASK_CODEC: dict[str, dict[str, object]] = {
+_MASK_CODEC: dict[str, dict[str, str | int]] = {
     "deflate": {"compress": "deflate", "zlevel": 5},
     "zstd": {"compress": "zstd", "zstd_level": 1},
     "lzw": {"compress": "lzw"},
@@ -244,35 +244,84 @@ def encode_geotiff(
     """GeoTIFF bytes of a (band, y, x) or (y, x) uint8 array on the chip's grid.
 
     Tiled (`block_size`) with the given lossless codec (settings per kind: `_IMAGE_CODEC`,
-    `_MASK_CODEC`); CRS and transform copied exactly.
+    `_MASK_CODEC`); CRS and transform copied exactly. The georeferencing tags are GDAL's,
+    learnt once per output kind; tifffile assembles the file (`sn5dask.geotiff`).
     """
     if compress not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compress!r}; choose from {COMPRESSIONS}")
     if array.ndim == 2:
         array = array[np.newaxis]
-    profile: dict[str, object] = {
+    profile = _geotiff_profile(array, compress, is_mask)
+    kind = OutputKind(header.crs_wkt, nodata, photometric,
+                      None if descriptions is None else tuple(descriptions), tuple(sorted(profile.items())))
+    template = _template(kind, header.transform) if geotiff.north_up(header.transform) else None
+    if template is None:
+        return _encode_with_gdal(array, header.transform, kind)
+    return geotiff.write(template, array, header.transform)
+
+
+def _geotiff_profile(array: np.ndarray, compress: str, is_mask: bool) -> dict[str, str | int]:
+    """GDAL's creation profile of a (band, y, x) array, without its grid."""
+    count, height, width = array.shape
+    profile: dict[str, str | int] = {
         "driver": "GTiff",
-        "height": array.shape[1],
-        "width": array.shape[2],
-        "count": array.shape[0],
+        "height": height,
+        "width": width,
+        "count": count,
         "dtype": array.dtype.name,
-        "crs": _crs(header.crs_wkt),
-        "transform": rasterio.Affine(*header.transform),
-        "nodata": nodata,
-        "interleave": "pixel" if array.shape[0] <= 4 else "band",
+        "interleave": "pixel" if count <= 4 else "band",
+        "tiled": True,
+        "blockysize": block_size(height),
+        "blockxsize": block_size(width),
     }
-    profile.update(
-        tiled=True, blockysize=block_size(array.shape[1]), blockxsize=block_size(array.shape[2])
-    )
     profile.update((_MASK_CODEC if is_mask else _IMAGE_CODEC)[compress])
-    if photometric:
-        profile["photometric"] = photometric
+    return profile
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What the GeoTIFFs of one output kind of an AOI share: everything but their
+    transform and pixels (`profile`: `_geotiff_profile`'s items, sorted)."""
+
+    crs_wkt: str
+    nodata: float | None
+    photometric: str | None
+    descriptions: tuple[str, ...] | None
+    profile: tuple[tuple[str, str | int], ...]
+
+
+def _encode_with_gdal(array: np.ndarray, transform: Sequence[float], kind: OutputKind) -> bytes:
+    """The GeoTIFF GDAL writes (through rasterio) for a (band, y, x) array."""
+    profile: dict[str, object] = dict(kind.profile)
+    profile.update(crs=_crs(kind.crs_wkt), transform=rasterio.Affine(*transform[:6]), nodata=kind.nodata)
+    if kind.photometric:
+        profile["photometric"] = kind.photometric
     with gdal_env("memory"), MemoryFile() as memfile:
         with memfile.open(**profile) as dst:
             dst.write(array)
-            if descriptions is not None:
-                dst.descriptions = tuple(descriptions)
+            if kind.descriptions is not None:
+                dst.descriptions = kind.descriptions
         return memfile.read()
+
+
+#: Output kind -> its `geotiff.Template` (None: GDAL writes every file). Per process.
+_TEMPLATES: dict[OutputKind, geotiff.Template | None] = {}
+_TEMPLATES_KEPT = 64
+
+
+def _template(kind: OutputKind, transform: Sequence[float]) -> geotiff.Template | None:
+    """The `geotiff.Template` of an output kind, learnt from a small file GDAL writes for
+    it once per process (an AOI has a few kinds; `transform` is only the sample's)."""
+    if kind not in _TEMPLATES:
+        profile = dict(kind.profile)
+        side = geotiff.TEMPLATE_SIDE
+        small = {**profile, "height": side, "width": side, "blockysize": side, "blockxsize": side}
+        zeros = np.zeros((int(profile["count"]), side, side), str(profile["dtype"]))
+        sample = _encode_with_gdal(zeros, transform, replace(kind, profile=tuple(sorted(small.items()))))
+        if len(_TEMPLATES) >= _TEMPLATES_KEPT:
+            _TEMPLATES.clear()
+        _TEMPLATES[kind] = geotiff.learn_template(sample, transform, profile)
+    return _TEMPLATES[kind]
 
 
 @functools.lru_cache(maxsize=16)
