@@ -8,19 +8,21 @@ has five outputs, so that fixed work was a third of its whole cost
 
 Within an AOI every file of one output kind has the same georeferencing keys and GDAL
 metadata: only the transform and the pixels change. So, per kind (CRS, bands, pixel type,
-codec, nodata, band descriptions), GDAL writes one 16 x 16 px template, and its tags that
+codec, nodata, band descriptions), GDAL writes one 16 x 16 px sample, and its tags that
 GDAL alone knows how to fill (the GeoKey directory and its double and ASCII parameters,
 `GDAL_METADATA` with the band descriptions, `GDAL_NODATA`) are copied into every file.
 tifffile writes the rest: the chip's tiles, compressed by imagecodecs (libdeflate and
 zstd, the libraries inside GDAL) with the codec settings of `raster`, and the chip's
 transform as GDAL writes a north-up grid (`ModelPixelScale` = (a, -e, 0),
-`ModelTiepoint` = (0, 0, 0, c, f, 0)). The template is checked to hold exactly those two
-tags for its own transform, and a chip whose grid is not north-up is written by GDAL
-itself.
+`ModelTiepoint` = (0, 0, 0, c, f, 0)). The sample is checked to hold exactly those two
+tags for its own transform (else GDAL writes every file of the kind), and a chip whose
+grid is not north-up is written by GDAL itself.
 
 The result reads the same in every tool: `tests/test_geotiff.py` compares, for every
-output kind and codec, each TIFF tag and the pixels with GDAL's own file, and reads the
-files with rasterio and with tifffile without imagecodecs (CRESI's reader).
+output kind and codec, each TIFF tag and what rasterio reads with GDAL's own file, and
+reads the files with tifffile without imagecodecs (CRESI's reader). One addition:
+tifffile always writes TIFF's baseline X/YResolution (1/1, no unit), which GDAL lists as
+`TIFFTAG_*` metadata and uses for nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ import tifffile
 TEMPLATE_TAGS = (34735, 34736, 34737, 42112, 42113)
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT = 33550, 33922
 TEMPLATE_SIDE = 16
+#: The grid of GDAL's sample file: north-up, with nothing GDAL could simplify away.
+SAMPLE_TRANSFORM = (0.5, 0.0, 1000.25, 0.0, -0.25, 2000.75)
 
 #: tifffile's names of GDAL's codecs, and the tifffile keyword of each level option.
 _COMPRESSION = {"deflate": "adobe_deflate", "zstd": "zstd", "lzw": "lzw"}

@@ -254,7 +254,7 @@ def encode_geotiff(
     profile = _geotiff_profile(array, compress, is_mask)
     kind = OutputKind(header.crs_wkt, nodata, photometric,
                       None if descriptions is None else tuple(descriptions), tuple(sorted(profile.items())))
-    template = _template(kind, header.transform) if geotiff.north_up(header.transform) else None
+    template = _template(kind) if geotiff.north_up(header.transform) else None
     if template is None:
         return _encode_with_gdal(array, header.transform, kind)
     return geotiff.write(template, array, header.transform)
@@ -304,24 +304,16 @@ def _encode_with_gdal(array: np.ndarray, transform: Sequence[float], kind: Outpu
         return memfile.read()
 
 
-#: Output kind -> its `geotiff.Template` (None: GDAL writes every file). Per process.
-_TEMPLATES: dict[OutputKind, geotiff.Template | None] = {}
-_TEMPLATES_KEPT = 64
-
-
-def _template(kind: OutputKind, transform: Sequence[float]) -> geotiff.Template | None:
+@functools.lru_cache(maxsize=64)
+def _template(kind: OutputKind) -> geotiff.Template | None:
     """The `geotiff.Template` of an output kind, learnt from a small file GDAL writes for
-    it once per process (an AOI has a few kinds; `transform` is only the sample's)."""
-    if kind not in _TEMPLATES:
-        profile = dict(kind.profile)
-        side = geotiff.TEMPLATE_SIDE
-        small = {**profile, "height": side, "width": side, "blockysize": side, "blockxsize": side}
-        zeros = np.zeros((int(profile["count"]), side, side), str(profile["dtype"]))
-        sample = _encode_with_gdal(zeros, transform, replace(kind, profile=tuple(sorted(small.items()))))
-        if len(_TEMPLATES) >= _TEMPLATES_KEPT:
-            _TEMPLATES.clear()
-        _TEMPLATES[kind] = geotiff.learn_template(sample, transform, profile)
-    return _TEMPLATES[kind]
+    it once per process (an AOI has a few kinds)."""
+    profile = dict(kind.profile)
+    side = geotiff.TEMPLATE_SIDE
+    small = {**profile, "height": side, "width": side, "blockysize": side, "blockxsize": side}
+    zeros = np.zeros((int(profile["count"]), side, side), str(profile["dtype"]))
+    sample = _encode_with_gdal(zeros, geotiff.SAMPLE_TRANSFORM, replace(kind, profile=tuple(sorted(small.items()))))
+    return geotiff.learn_template(sample, geotiff.SAMPLE_TRANSFORM, profile)
 
 
 @functools.lru_cache(maxsize=16)
