@@ -132,6 +132,36 @@ def test_folds_are_listed_chips_with_masks_and_load_in_cresis_logic(made) -> Non
     assert ds["has_labels"].values.tolist() == [True] * 8 + [False]
 
 
+def test_images_and_masks_load_as_cresis_reader_loads_them(made, tmp_path) -> None:
+    """CRESI's loader reads images and masks with scikit-image's imread, i.e. tifffile, in
+    environments without imagecodecs: every output of the run decodes there to the pixels
+    rasterio reads (images as (y, x, band), masks as (y, x) or (band, y, x))."""
+    import subprocess
+    import textwrap
+
+    _, out, manifest = made
+    paths = [out / AOI / path for entry in manifest["chips"].values()
+             for kind, path in entry["outputs"].items() if kind != "zarr"]
+    assert len(paths) == 9 + 8 * 4
+    for i, path in enumerate(paths):
+        with rasterio.open(path) as src:
+            pixels = src.read()
+            pixel_interleaved = src.count > 1 and src.profile["interleave"] == "pixel"
+        np.save(tmp_path / f"{i}.npy", np.moveaxis(pixels, 0, -1) if pixel_interleaved else pixels)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["imagecodecs"] = None  # as where it is not installed
+        import numpy as np, tifffile
+        for i, path in enumerate({[str(p) for p in paths]!r}):
+            expected = np.load("{tmp_path}/%d.npy" % i)
+            image = tifffile.imread(path)
+            assert image.dtype == np.uint8 and np.array_equal(image, expected.squeeze()), path
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 # --- 4. STAC ---------------------------------------------------------------------------------
 
 def schema_validator(schema_url: str):
