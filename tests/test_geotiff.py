@@ -32,15 +32,17 @@ RESOLUTION_TAGS = {282: (1, 1), 283: (1, 1), 296: 1}
 SIZE_TAGS = {256, 257, 322, 323}
 
 
-def outputs(size: int, seed: int = 0) -> dict[str, tuple[np.ndarray, dict]]:
-    """Every output kind of a chip: (array, encode_geotiff keywords), as chiptask writes them."""
+def outputs(size: int, seed: int = 0, width: int | None = None) -> dict[str, tuple[np.ndarray, dict]]:
+    """Every output kind of a chip of `size` x `width` (default square) px: (array,
+    encode_geotiff keywords), as chiptask writes them."""
     rng = np.random.default_rng(seed)
-    cases = {"rgb": ((rng.random((3, size, size)) * 254 + 1).astype(np.uint8),
+    width = width or size
+    cases = {"rgb": ((rng.random((3, size, width)) * 254 + 1).astype(np.uint8),
                      {"nodata": 0, "photometric": "RGB", "descriptions": rgb_descriptions((5, 3, 2))})}
     for kind, encoding in MASK_ENCODINGS.items():
-        shape = (len(encoding.bands), size, size) if len(encoding.bands) > 1 else (size, size)
+        shape = (len(encoding.bands), size, width) if len(encoding.bands) > 1 else (size, width)
         mask = np.zeros(shape, np.uint8)
-        mask[..., size // 3 : size // 2, :] = rng.integers(0, 256, size=(*shape[:-2], size // 2 - size // 3, size),
+        mask[..., size // 3 : size // 2, :] = rng.integers(0, 256, size=(*shape[:-2], size // 2 - size // 3, width),
                                                           dtype=np.uint8)
         cases[kind] = (mask, {"is_mask": True, "descriptions": encoding.bands})
     return cases
@@ -87,8 +89,8 @@ def assert_same_tiff_tags(ours: bytes, gdals: bytes) -> None:
             assert mine[code] == theirs[code], code
 
 
-def header_for(wkt: str, size: int, transform: tuple[float, ...]) -> ChipHeader:
-    return ChipHeader(size, size, 8, "uint16", transform, wkt, (None,) * 8)
+def header_for(wkt: str, size: int, transform: tuple[float, ...], width: int | None = None) -> ChipHeader:
+    return ChipHeader(size, width or size, 8, "uint16", transform, wkt, (None,) * 8)
 
 
 REFERENCE_WKT = read_header(str(sorted(S01.rglob("*.tif"))[0])).crs_wkt  # WGS 84, as SpaceNet ships
@@ -103,9 +105,10 @@ UTM_WKT = rasterio.crs.CRS.from_epsg(32611).to_wkt()
     ids=["wgs84", "utm11n"],
 )
 def test_every_output_reads_as_the_file_gdal_writes(compress: str, wkt: str, transform: tuple) -> None:
-    for size in (64, 1300) if compress == "deflate" else (64,):  # full size: the default codec
-        header = header_for(wkt, size, transform)
-        for kind, (array, options) in outputs(size).items():
+    shapes = [(64, 64), (50, 70)] + ([(1300, 1300)] if compress == "deflate" else [])  # full size: default codec
+    for size, width in shapes:
+        header = header_for(wkt, size, transform, width)
+        for kind, (array, options) in outputs(size, width=width).items():
             ours = encode_geotiff(array, header, compress=compress, **options)
             gdals = gdal_bytes(array, header, compress, options)
             assert_same_tiff_tags(ours, gdals)
