@@ -192,3 +192,20 @@ def test_outputs_read_in_tifffile_without_imagecodecs(tmp_path: Path) -> None:
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 5])
+def test_any_band_count_reads_as_the_file_gdal_writes(count: int) -> None:
+    """`--bands` may pick 1, 2, 4 or more bands: pixel-interleaved up to 4 (extra samples
+    unspecified, as GDAL writes them), band-interleaved beyond."""
+    image = (np.random.default_rng(count).random((count, 64, 64)) * 254 + 1).astype(np.uint8)
+    options = {"nodata": 0, "descriptions": [f"PS-MS band {b}" for b in range(1, count + 1)]}
+    header = header_for(UTM_WKT, 64, (0.3, 0.0, 500000.0, 0.0, -0.3, 4e6))
+    ours = encode_geotiff(image, header, **options)
+    gdals = gdal_bytes(image, header, "deflate", options)
+    assert_same_tiff_tags(ours, gdals)
+    mine, theirs = as_read_by_rasterio(ours), as_read_by_rasterio(gdals)
+    for key in RESOLUTION_TAGS_METADATA:
+        mine["tags"].pop(key)  # type: ignore[attr-defined]
+    assert np.array_equal(mine.pop("pixels"), theirs.pop("pixels"))  # type: ignore[arg-type]
+    assert mine == theirs
