@@ -43,18 +43,23 @@ TEMPLATE_SIDE = 16
 #: The grid of GDAL's sample file: north-up, with nothing GDAL could simplify away.
 SAMPLE_TRANSFORM = (0.5, 0.0, 1000.25, 0.0, -0.25, 2000.75)
 
-#: tifffile's names of GDAL's codecs, and the tifffile keyword of each level option.
+#: tifffile's names of GDAL's codecs, and GDAL's creation options holding their level.
 _COMPRESSION = {"deflate": "adobe_deflate", "zstd": "zstd", "lzw": "lzw"}
-_LEVEL_OPTION = {"zlevel": "level", "zstd_level": "level"}
+_LEVEL_OPTIONS = ("zlevel", "zstd_level")
 
 
 @dataclass(frozen=True)
 class Template:
-    """How every file of one output kind is written, learnt from GDAL's template."""
+    """How every file of one output kind is written, learnt from GDAL's sample file:
+    its tags to copy, and tifffile's settings for GDAL's creation profile."""
 
     extratags: tuple[tuple[int, int, int, Any, bool], ...]
-    options: tuple[tuple[str, Any], ...]  # tifffile.imwrite keywords
-    tile: tuple[int, int]
+    tile: tuple[int, int]  # (height, width)
+    photometric: str  # "rgb" or "minisblack"
+    band_interleaved: bool  # TIFF's planar configuration "separate"
+    compression: str | None  # tifffile's codec name; None: uncompressed
+    level: int | None
+    predictor: bool  # horizontal differencing
 
 
 def north_up(transform: Sequence[float]) -> bool:
@@ -90,19 +95,19 @@ def learn_template(
             for code in TEMPLATE_TAGS
             if code in tags
         )
-        options: dict[str, Any] = {
-            "photometric": "rgb" if page.photometric == tifffile.PHOTOMETRIC.RGB else "minisblack",
-            "planarconfig": "contig" if page.planarconfig == tifffile.PLANARCONFIG.CONTIG else "separate",
-        }
+        photometric = "rgb" if page.photometric == tifffile.PHOTOMETRIC.RGB else "minisblack"
+        band_interleaved = page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
     compress = profile.get("compress")
-    if compress is not None:
-        options["compression"] = _COMPRESSION[str(compress)]
-        options["compressionargs"] = {
-            _LEVEL_OPTION[key]: profile[key] for key in _LEVEL_OPTION if key in profile
-        }
-    options["predictor"] = profile.get("predictor", 1) == 2
-    tile = (int(profile["blockysize"]), int(profile["blockxsize"]))
-    return Template(extratags, tuple(sorted(options.items())), tile)
+    levels = [int(profile[key]) for key in _LEVEL_OPTIONS if key in profile]
+    return Template(
+        extratags=extratags,
+        tile=(int(profile["blockysize"]), int(profile["blockxsize"])),
+        photometric=photometric,
+        band_interleaved=band_interleaved,
+        compression=None if compress is None else _COMPRESSION[str(compress)],
+        level=levels[0] if levels else None,
+        predictor=profile.get("predictor", 1) == 2,
+    )
 
 
 def _raw_value(tag: tifffile.TiffTag, data: bytes) -> Any:
@@ -118,7 +123,7 @@ def write(template: Template, array: np.ndarray, transform: Sequence[float]) -> 
     from `template`."""
     if array.shape[0] == 1:
         data = array[0]
-    elif dict(template.options)["planarconfig"] == "separate":
+    elif template.band_interleaved:
         data = array
     else:
         data = np.moveaxis(array, 0, -1)  # pixel-interleaved: (y, x, band)
@@ -127,10 +132,14 @@ def write(template: Template, array: np.ndarray, transform: Sequence[float]) -> 
         buffer,
         np.ascontiguousarray(data),
         tile=template.tile,
+        photometric=template.photometric,
+        planarconfig="separate" if template.band_interleaved else "contig",
+        compression=template.compression,
+        compressionargs=None if template.level is None else {"level": template.level},
+        predictor=template.predictor,
         extratags=[*model_tags(transform), *template.extratags],
-        metadata=None,
-        software=False,
-        maxworkers=1,
-        **dict(template.options),
+        metadata=None,  # no tifffile description tag
+        software=False,  # no Software tag (GDAL writes none)
+        maxworkers=1,  # one thread: dask gives each task its own
     )
     return buffer.getvalue()
