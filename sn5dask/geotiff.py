@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 import tifffile
 
-#: Tags copied from GDAL's template: GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams,
+#: Tags copied from GDAL's sample file: GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams,
 #: GDAL_METADATA (band descriptions), GDAL_NODATA.
 TEMPLATE_TAGS = (34735, 34736, 34737, 42112, 42113)
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT = 33550, 33922
-TEMPLATE_SIDE = 16
+#: Height and width of GDAL's sample file, in pixels.
+SAMPLE_SIDE = 16
 #: The grid of GDAL's sample file: north-up, with nothing GDAL could simplify away.
 SAMPLE_TRANSFORM = (0.5, 0.0, 1000.25, 0.0, -0.25, 2000.75)
 

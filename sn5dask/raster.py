@@ -309,7 +309,7 @@ def _template(kind: OutputKind) -> geotiff.Template | None:
     """The `geotiff.Template` of an output kind, learnt from a small file GDAL writes for
     it once per process (an AOI has a few kinds)."""
     profile = dict(kind.profile)
-    side = geotiff.TEMPLATE_SIDE
+    side = geotiff.SAMPLE_SIDE
     small = {**profile, "height": side, "width": side, "blockysize": side, "blockxsize": side}
     zeros = np.zeros((int(profile["count"]), side, side), str(profile["dtype"]))
     sample = _encode_with_gdal(zeros, geotiff.SAMPLE_TRANSFORM, replace(kind, profile=tuple(sorted(small.items()))))
