@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
 import numpy as np
 import rasterio.crs
 
-from sn5dask import raster
 from sn5dask.encodings import MASK_ENCODINGS, rgb_descriptions
-from sn5dask.raster import ChipHeader, encode_geotiff
+from sn5dask.raster import ChipHeader, encode_geotiff, encode_geotiff_with_gdal
 
 
 def outputs(size: int) -> dict[str, tuple[np.ndarray, dict]]:
@@ -40,24 +38,11 @@ def outputs(size: int) -> dict[str, tuple[np.ndarray, dict]]:
     return cases
 
 
-def gdal_writer(header: ChipHeader) -> Callable[[np.ndarray, dict], bytes]:
-    def encode(array: np.ndarray, options: dict) -> bytes:
-        bands = array if array.ndim == 3 else array[np.newaxis]
-        descriptions = options.get("descriptions")
-        kind = raster.OutputKind(
-            header.crs_wkt, options.get("nodata"), options.get("photometric"),
-            None if descriptions is None else tuple(descriptions),
-            tuple(sorted(raster._geotiff_profile(bands, "deflate", options.get("is_mask", False)).items())),
-        )
-        return raster._encode_with_gdal(bands, header.transform, kind)
-
-    return encode
-
-
 def measure(size: int, repeat: int) -> None:
     wkt = rasterio.crs.CRS.from_epsg(32611).to_wkt()
     header = ChipHeader(size, size, 8, "uint16", (0.3, 0.0, 500000.0, 0.0, -0.3, 4e6), wkt, (None,) * 8)
-    writers = {"tifffile + GDAL tags": lambda a, o: encode_geotiff(a, header, **o), "GDAL": gdal_writer(header)}
+    writers = {"tifffile + GDAL tags": lambda a, o: encode_geotiff(a, header, **o),
+               "GDAL": lambda a, o: encode_geotiff_with_gdal(a, header, **o)}
     print(f"{size} px chip, DEFLATE, CPU ms per encode (best of 2 alternating passes of {repeat}) and bytes:")
     totals = dict.fromkeys(writers, 0.0)
     for kind, (array, options) in outputs(size).items():

@@ -247,6 +247,39 @@ def encode_geotiff(
     `_MASK_CODEC`); CRS and transform copied exactly. The georeferencing tags are GDAL's,
     learnt once per output kind; tifffile assembles the file (`sn5dask.geotiff`).
     """
+    bands, kind = _output_kind(array, header, compress, nodata, photometric, is_mask, descriptions)
+    template = _template(kind) if geotiff.north_up(header.transform) else None
+    if template is None:
+        return _encode_with_gdal(bands, header.transform, kind)
+    return geotiff.write(template, bands, header.transform)
+
+
+def encode_geotiff_with_gdal(
+    array: np.ndarray,
+    header: ChipHeader,
+    *,
+    compress: str = "deflate",
+    nodata: float | None = None,
+    photometric: str | None = None,
+    is_mask: bool = False,
+    descriptions: Sequence[str] | None = None,
+) -> bytes:
+    """The file GDAL itself writes for `encode_geotiff`'s arguments (every file, as sn5dask
+    did before `sn5dask.geotiff`): the reference the tests and benchmarks compare with."""
+    bands, kind = _output_kind(array, header, compress, nodata, photometric, is_mask, descriptions)
+    return _encode_with_gdal(bands, header.transform, kind)
+
+
+def _output_kind(
+    array: np.ndarray,
+    header: ChipHeader,
+    compress: str,
+    nodata: float | None,
+    photometric: str | None,
+    is_mask: bool,
+    descriptions: Sequence[str] | None,
+) -> tuple[np.ndarray, OutputKind]:
+    """The (band, y, x) array and the `OutputKind` of an output."""
     if compress not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compress!r}; choose from {COMPRESSIONS}")
     if array.ndim == 2:
@@ -254,10 +287,7 @@ def encode_geotiff(
     profile = _geotiff_profile(array, compress, is_mask)
     kind = OutputKind(header.crs_wkt, nodata, photometric,
                       None if descriptions is None else tuple(descriptions), tuple(sorted(profile.items())))
-    template = _template(kind) if geotiff.north_up(header.transform) else None
-    if template is None:
-        return _encode_with_gdal(array, header.transform, kind)
-    return geotiff.write(template, array, header.transform)
+    return array, kind
 
 
 def _geotiff_profile(array: np.ndarray, compress: str, is_mask: bool) -> dict[str, str | int]:

@@ -49,13 +49,8 @@ def outputs(size: int, seed: int = 0, width: int | None = None) -> dict[str, tup
 
 
 def gdal_bytes(array: np.ndarray, header: ChipHeader, compress: str, options: dict) -> bytes:
-    """The file GDAL writes for the same output (rasterio, as sn5dask did before)."""
-    bands = array if array.ndim == 3 else array[np.newaxis]
-    profile = raster._geotiff_profile(bands, compress, options.get("is_mask", False))
-    descriptions = options.get("descriptions")
-    kind = raster.OutputKind(header.crs_wkt, options.get("nodata"), options.get("photometric"),
-                             None if descriptions is None else tuple(descriptions), tuple(sorted(profile.items())))
-    return raster._encode_with_gdal(bands, header.transform, kind)
+    """The file GDAL writes for the same output (through rasterio, as sn5dask did before)."""
+    return raster.encode_geotiff_with_gdal(array, header, compress=compress, **options)
 
 
 def tiff_tags(data: bytes) -> dict[int, tuple[int, int, object]]:
@@ -164,7 +159,7 @@ def test_a_template_whose_georeferencing_is_not_scale_and_tiepoint_is_refused() 
     rgb, options = outputs(16)["rgb"]
     header = header_for(UTM_WKT, 16, (0.3, 0.0, 500000.0, 0.0, -0.3, 4e6))
     sample = gdal_bytes(rgb, header, "deflate", options)
-    profile = raster._geotiff_profile(rgb, "deflate", False)
+    profile = raster._geotiff_profile(rgb, "deflate", False)  # the settings the sample was written with
     assert geotiff.learn_template(sample, header.transform, profile) is not None
     assert geotiff.learn_template(sample, (0.5, 0.0, 500000.0, 0.0, -0.5, 4e6), profile) is None
 
