@@ -167,6 +167,7 @@ def _check_zarr(
     url = layout.zarr_url
     try:
         ds = xr.open_zarr(url, **_zarr_options(url))
+        arrays = zarrstore.data_arrays(url)
     except Exception as exc:  # any failure to open is a finding, not a crash
         report.problems.append(f"{aoi}: {url}: cannot open the Zarr store ({exc})")
         return
@@ -187,8 +188,8 @@ def _check_zarr(
             report.problems.append(f"{label}: {url}: chip missing at index {index}")
             continue
         # A chunk never written reads as zeros: check that each variable's chunk exists.
-        for name, variable in ds.data_vars.items():
-            if not files.exists(files.join(url, *zarrstore.chunk_key(str(name), index, variable.ndim))):
+        for name, array in arrays.items():
+            if not files.exists(files.join(url, zarrstore.chunk_relpath(name, array, index))):
                 report.problems.append(f"{label}: {url}: {name} chunk of chip {index} is missing")
         if header is None:
             continue

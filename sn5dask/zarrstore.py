@@ -4,7 +4,9 @@ Layout (Zarr format 3), read back by `xarray.open_zarr(path)` as a Dataset with 
 `(chip, band, y, x)`:
 
 - `rgb` uint8 (chip, band, y, x); `mask_binary`, `mask_continuous`, `mask_binned` uint8
-  (chip, y, x); `mask_multichannel` uint8 (chip, channel, y, x): one chunk per chip.
+  (chip, y, x); `mask_multichannel` uint8 (chip, channel, y, x): one chunk per chip, named
+  with Zarr v3's default chunk keys and the "." separator (`rgb/c.<chip>.0.0.0`), so the
+  chunks are files directly in their array's folder (`DATA_CHUNK_KEYS`).
 - coordinates `chip_id` (chip,), `transform` (chip, 6; affine a, b, c, d, e, f),
   `crs` (chip,; index into `attrs["crs_wkt"]`), `height`, `width` (chip,): the true size
   of each chip, which is padded with 0 up to the store's y/x size (the largest chip);
@@ -23,6 +25,7 @@ chunks at its own index, so no write locks are needed.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import warnings
 from collections import OrderedDict
@@ -48,6 +51,12 @@ COORDINATES = "chip_id transform crs height width has_labels"
 # Zstandard level 1: the same size as zarr's default (level 3) on chips and masks, written
 # in 24 instead of 34 ms per full-size chip (benchmarks/README.md).
 DATA_CODECS = (ZstdCodec(level=1),)
+# Chunk keys `c.<chip>.0.0.0` rather than the default `c/<chip>/0/0/0`: a chunk is then a
+# file in its array's folder, where "/" made every chip task create twelve nested folders
+# (a third of its filesystem work on small chips, benchmarks/README.md). Both are Zarr v3's
+# default encoding; stores written with "/" (sn5dask before 2026-12) are still read,
+# resumed and validated with their own keys.
+DATA_CHUNK_KEYS = {"name": "default", "separator": "."}
 
 
 def _open(url: str, mode: Literal["r", "r+", "w"]) -> zarr.Group:
@@ -95,6 +104,7 @@ def create_store(
             dtype="uint8",
             fill_value=0,
             compressors=DATA_CODECS,
+            chunk_key_encoding=DATA_CHUNK_KEYS,
             dimension_names=dims,
             attributes=attributes,
         )
@@ -174,10 +184,26 @@ def _coordinate(
     array[...] = values
 
 
-def chunk_key(name: str, index: int, ndim: int) -> tuple[str, ...]:
-    """Path parts of the one chunk of chip `index` in array `name` (Zarr v3 default
-    chunk key encoding; every non-chip dimension is a single chunk)."""
-    return (name, "c", str(index), *("0",) * (ndim - 1))
+def chunk_relpath(name: str, array: zarr.Array, index: int) -> str:
+    """Path, relative to the store, of chip `index`'s one chunk of data array `name`, by
+    the array's own chunk key encoding (every non-chip dimension is a single chunk)."""
+    coords = (index,) + (0,) * (array.ndim - 1)
+    return f"{name}/{array.metadata.encode_chunk_key(coords)}"
+
+
+def data_arrays(url: str) -> dict[str, zarr.Array]:
+    """The store's data arrays (`rgb`, `mask_<kind>`), opened read-only."""
+    group = _open(url, "r")
+    return {name: array for name, array in group.arrays() if _is_data_array(name)}
+
+
+def _is_data_array(name: str) -> bool:
+    return name == "rgb" or name.startswith("mask_")
+
+
+#: A data array's chunk key (relative to the store) and the chip index in it, with either
+#: separator: `rgb/c/12/0/0/0` or `rgb/c.12.0.0.0` (nothing else: not a `.partial`).
+_CHUNK_KEY = re.compile(r"(?P<name>[^/]+)/c(?P<sep>[./])(?P<index>\d+)(?:(?P=sep)0)*")
 
 
 def written_chips(url: str) -> frozenset[int]:
@@ -186,10 +212,10 @@ def written_chips(url: str) -> frozenset[int]:
     by_array: dict[str, set[int]] = {}
     for key in files.find(url):
         parts = key.split("/")
-        if len(parts) >= 3 and parts[1] == "c" and (parts[0] == "rgb" or parts[0].startswith("mask_")):
-            by_array.setdefault(parts[0], set()).add(int(parts[2]))
-        elif len(parts) == 2 and parts[1] == "zarr.json" and (parts[0] == "rgb" or parts[0].startswith("mask_")):
+        if len(parts) == 2 and parts[1] == "zarr.json" and _is_data_array(parts[0]):
             by_array.setdefault(parts[0], set())
+        elif (match := _CHUNK_KEY.fullmatch(key)) and _is_data_array(match["name"]):
+            by_array.setdefault(match["name"], set()).add(int(match["index"]))
     if not by_array:
         return frozenset()
     return frozenset(set.intersection(*by_array.values()))
@@ -238,8 +264,7 @@ def write_chip(
     }
     if store.direct:
         for name, chunk in chunks.items():
-            array = store.arrays[name]
-            key = "/".join(chunk_key(name, index, array.ndim))
+            key = chunk_relpath(name, store.arrays[name], index)
             files.write_bytes_atomic(f"{url.rstrip('/')}/{key}", store.direct[name].encode(chunk))
         return
 
@@ -311,14 +336,14 @@ def _open_store(url: str) -> _OpenStore:
 
 def _chunk_encoder(array: zarr.Array) -> Zstd | None:
     """The encoder of `array`'s chunks when its layout is the one `create_store` makes
-    (Zarr v3, one chunk per chip, "/" chunk keys, bytes + Zstandard, uint8); else None."""
+    (Zarr v3, one chunk per chip, default chunk keys with either separator, bytes +
+    Zstandard, uint8); else None."""
     metadata = array.metadata
     if not isinstance(metadata, ArrayV3Metadata) or array.dtype != np.uint8:
         return None
     codecs = metadata.codecs
     if not (
         isinstance(metadata.chunk_key_encoding, DefaultChunkKeyEncoding)
-        and metadata.chunk_key_encoding.separator == "/"
         and tuple(array.chunks) == (1, *array.shape[1:])
         and len(codecs) == 2
         and isinstance(codecs[0], BytesCodec)

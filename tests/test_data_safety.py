@@ -296,7 +296,7 @@ def test_resume_redoes_truncated_outputs_missing_chunks_and_changed_inputs(done_
     rgb = folder / chips["chip0"]["outputs"]["rgb"]
     good = rgb.read_bytes()
     rgb.write_bytes(good[: len(good) // 2])  # truncated under its final name
-    shutil.rmtree(folder / "AOI_99_Synthetic.zarr" / "mask_binary" / "c" / "1")  # a lost chunk
+    (folder / "AOI_99_Synthetic.zarr" / "mask_binary" / "c.1.0.0").unlink()  # a lost chunk
     label = Path(chips["chip2"]["label"])
     document = json.loads(label.read_text())
     document["features"] = document["features"][:1]  # the label changed since
@@ -304,6 +304,35 @@ def test_resume_redoes_truncated_outputs_missing_chunks_and_changed_inputs(done_
     summary = sn5dask.run(config, client=client)
     assert summary.aois[0].processed == 3 and summary.exit_code == 0
     assert rgb.read_bytes() == good
+    report = sn5dask_validate(out)
+    assert report.ok, report.problems
+
+
+def test_a_store_with_nested_chunk_keys_resumes_in_its_own_layout(client, tmp_path, monkeypatch) -> None:
+    """Stores made before chunk keys had "." separators (`rgb/c/0/0/0/0`) resume as they
+    are: their chunks count as written, and a lost one is written again under the store's
+    own key, not the new one."""
+    from sn5dask import zarrstore
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "root", n_chips=4, size=64, seed=11)
+    out = tmp_path / "out"
+    config = load_config(None, root=str(aoi.root), out=str(out))
+    monkeypatch.setattr(zarrstore, "DATA_CHUNK_KEYS", {"name": "default", "separator": "/"})
+    assert sn5dask.run(config, client=client).exit_code == 0  # the client creates the store
+    monkeypatch.undo()
+    store = out / "AOI_99_Synthetic" / "AOI_99_Synthetic.zarr"
+
+    def chunks() -> dict[str, bytes]:
+        return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
+                if p.is_file() and p.name != "zarr.json"}
+
+    before = chunks()
+    assert "rgb/c/3/0/0/0" in before and "mask_binary/c/1/0/0" in before
+    (store / "mask_binary" / "c" / "1" / "0" / "0").unlink()
+    summary = sn5dask.run(config, client=client)
+    assert summary.aois[0].processed == 1 and summary.exit_code == 0
+    assert chunks() == before
     report = sn5dask_validate(out)
     assert report.ok, report.problems
 
@@ -344,7 +373,7 @@ def test_a_stale_s3_lock_of_this_host_is_taken_over(small_aoi) -> None:
     (lambda m, d: m.write_text(json.dumps({"aoi": "x", "chips": []})), "not a valid sn5dask manifest"),
     (lambda m, d: _edit_output(m, "rgb", "../../../etc/passwd"), "escapes the output folder"),
     (lambda m, d: _edit_output(m, "zarr", "AOI_99_Synthetic.zarr"), "is not a Zarr reference"),
-    (lambda m, d: shutil.rmtree(d / "AOI_99_Synthetic.zarr" / "rgb" / "c" / "0"), "rgb chunk of chip 0 is missing"),
+    (lambda m, d: (d / "AOI_99_Synthetic.zarr" / "rgb" / "c.0.0.0.0").unlink(), "rgb chunk of chip 0 is missing"),
 ])
 def test_validate_names_each_problem(done_run, damage, problem) -> None:
     from typer.testing import CliRunner

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import xarray as xr
 import zarr
 
@@ -40,10 +41,12 @@ def chunk_files(url: Path) -> dict[str, bytes]:
     """The data arrays' chunk files (coordinates left out)."""
     data = ("rgb/", "mask_")
     return {str(p.relative_to(url)): p.read_bytes() for p in sorted(url.rglob("*"))
-            if str(p.relative_to(url)).startswith(data) and "/c/" in str(p) and p.is_file()}
+            if str(p.relative_to(url)).startswith(data) and p.name != "zarr.json" and p.is_file()}
 
 
-def test_direct_chunks_are_the_bytes_zarr_writes(tmp_path) -> None:
+@pytest.mark.parametrize("separator", [".", "/"])  # "/": stores made before 2026-12
+def test_direct_chunks_are_the_bytes_zarr_writes(tmp_path, monkeypatch, separator) -> None:
+    monkeypatch.setattr(zarrstore, "DATA_CHUNK_KEYS", {"name": "default", "separator": separator})
     ours, theirs = tmp_path / "ours.zarr", tmp_path / "theirs.zarr"
     make_store(ours)
     make_store(theirs)
@@ -59,6 +62,8 @@ def test_direct_chunks_are_the_bytes_zarr_writes(tmp_path) -> None:
                 data = rgb if name == "rgb" else masks.get(name.removeprefix("mask_"))
                 array[index] = zarrstore._padded(array, data)
     assert chunk_files(ours) == chunk_files(theirs) and len(chunk_files(ours)) == 15
+    assert {"rgb/c.1.0.0.0", "mask_binary/c.1.0.0"} <= set(chunk_files(ours)) if separator == "." else \
+        {"rgb/c/1/0/0/0", "mask_binary/c/1/0/0"} <= set(chunk_files(ours))
     assert not list(ours.rglob("*.partial"))
 
     ds = xr.open_zarr(ours, chunks=None)
@@ -68,6 +73,19 @@ def test_direct_chunks_are_the_bytes_zarr_writes(tmp_path) -> None:
     assert np.array_equal(ds["mask_binned"][0].values, written[0][1]["binned"])
     assert not ds["rgb"][2].values.any() and ds["rgb"].dtype == np.uint8
     assert zarrstore.written_chips(str(ours)) == frozenset({0, 1, 2})
+
+
+def test_written_chips_needs_every_data_array_and_ignores_partial_chunks(tmp_path) -> None:
+    url = tmp_path / "s.zarr"
+    make_store(url)
+    rgb, masks = chip_arrays(40, 4)
+    zarrstore.write_chip(str(url), 0, rgb, masks)
+    zarrstore.write_chip(str(url), 2, rgb, masks)
+    assert not [p for p in (url / "rgb").iterdir() if p.is_dir()]  # chunks sit in the array's folder
+    (url / "mask_binned" / "c.2.0.0").rename(url / "mask_binned" / "c.2.0.0.partial")  # a killed write
+    for name, array in zarrstore.data_arrays(str(url)).items():  # chip 1: only killed writes
+        (url / f"{zarrstore.chunk_relpath(name, array, 1)}.partial").write_bytes(b"half")
+    assert zarrstore.written_chips(str(url)) == frozenset({0})
 
 
 def test_a_store_replaced_between_runs_is_opened_again(tmp_path) -> None:
