@@ -13,6 +13,7 @@ import collections
 import functools
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -63,15 +64,16 @@ def main() -> None:
     config = load_config(None, root=str(aoi.root), out=str(work / "out"), formats="geotiff,zarr")
     catalog = discover(str(aoi.root))[0]
     reader, writer = RasterioReader(), FileWriter()
+    run_token = uuid.uuid4().hex  # the scan keeps small chips' pixels for this run, as in a run
     started = time.process_time()
-    scans = [scan_chip(chip, tuple(config.bands), True, True, reader) for chip in catalog.chips]
+    scans = [scan_chip(chip, tuple(config.bands), True, True, reader, run_token) for chip in catalog.chips]
     scan_ms = (time.process_time() - started) / len(scans) * 1e3
     stats = finalize_scan(combine_scans(*scans), tuple(config.bands), config.percentiles, True)
     layout = AoiLayout(config.out, catalog.aoi)
     headers = {chip.chip_id: stats.headers[chip.chip_id] for chip in catalog.chips}
     writer.create_zarr(layout.zarr_url, chip_ids=list(headers), headers=headers, bands=config.bands,
                        mask_kinds=config.masks, attrs={})
-    job = ChipJob(config, layout, aoi_cuts(config, stats), True, reader, writer)
+    job = ChipJob(config, layout, aoi_cuts(config, stats), True, reader, writer, run_token)
     for module, name in STAGES:
         timed(module, name)
     items = [(chip, index) for index, chip in enumerate(catalog.chips)]

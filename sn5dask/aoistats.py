@@ -20,7 +20,7 @@ from sn5dask import chipcache
 from sn5dask.catalog import ChipRecord
 from sn5dask.chipio import ChipReader
 from sn5dask.errors import TooFewBandsError, guard_chip
-from sn5dask.raster import ChipHeader
+from sn5dask.raster import ChipHeader, band_indexes
 from sn5dask.stretch import UINT16_BINS, band_histograms, percentiles_from_histogram
 
 
@@ -34,7 +34,7 @@ class AoiScan:
     errors: dict[str, str] = field(default_factory=dict)
     #: chips that have too few bands for `--bands`: chip id -> their band count
     band_counts: dict[str, int] = field(default_factory=dict)
-    #: S3 chips copied to a worker by the scan: chip id -> that worker's address
+    #: chips the scan kept a copy of on a worker (`chipcache`): chip id -> its address
     cached_on: dict[str, str] = field(default_factory=dict)
 
 
@@ -52,7 +52,7 @@ class AoiStats:
     #: The AOI's summed histogram, int64 (band, 65536) (AOI stretch only): 1.5 MB, kept so
     #: that plots of it never read the AOI again.
     histogram: np.ndarray | None = None
-    #: S3 chips the scan left a local copy of: chip id -> the worker that holds it
+    #: chips the scan kept a copy of on a worker (`chipcache`): chip id -> its address
     cached_on: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -74,35 +74,48 @@ def scan_chip(
     with_histogram: bool,
     use_nodata: bool,
     reader: ChipReader,
+    for_run: str | None = None,
 ) -> AoiScan:
     """Read one chip's header (and, for AOI stretch, the histograms of `bands`).
 
     `use_nodata`: leave each band's declared nodata value out of its histogram (the
-    profile's valid-pixel rule). Never raises for a bad chip: the problem is returned in
-    `errors`.
+    profile's valid-pixel rule). `for_run`: the run whose write pass follows, for which
+    this worker keeps what the chip's write task would read again (`chipcache`: an S3
+    chip's object, a small chip's pixels); None for a scan that nothing follows. Never
+    raises for a bad chip: the problem is returned in `errors`.
     """
     scan = AoiScan()
     if chip.problem:
         scan.errors[chip.chip_id] = chip.problem
         return scan
+    keeps_copies = with_histogram and for_run is not None
+    keeps_pixels = keeps_copies and chipcache.keeps_pixels(chip.image_bytes)
+
+    def keep_here() -> None:
+        address = chipcache.worker_address()
+        if address:
+            scan.cached_on[chip.chip_id] = address
 
     def read() -> tuple[ChipHeader, np.ndarray | None]:
-        if with_histogram and chipcache.enabled(chip.image):
+        if keeps_copies and chipcache.enabled(chip.image):
             # One GET for both passes: the write task runs here and reads this copy.
             try:
                 if chipcache.fetch(chip.image, chip.image_bytes) is not None:
-                    address = chipcache.worker_address()
-                    if address:
-                        scan.cached_on[chip.chip_id] = address
+                    keep_here()
             except OSError:
                 pass  # read S3 directly below (and report any error from there)
         try:
             if not with_histogram:
                 return reader.read_header(chip.image, bands), None
-            header, data = reader.read_bands(chip.image, bands)
+            header, data = reader.read_bands(chip.image, bands, all_bands=keeps_pixels)
         except TooFewBandsError as exc:
             scan.band_counts[chip.chip_id] = exc.count
             raise
+        if keeps_pixels:
+            assert for_run is not None
+            if chipcache.keep_pixels(chip.image, for_run, header, data):
+                keep_here()
+            data = data[band_indexes(bands)]
         nodata = [header.nodata[b - 1] for b in bands] if use_nodata else None
         hist = band_histograms(data, nodata)
         if hist.shape[1] != UINT16_BINS:  # uint8 chip: pad to the common bin count
@@ -125,12 +138,13 @@ def scan_chips(
     with_histogram: bool,
     use_nodata: bool,
     reader: ChipReader,
+    for_run: str | None = None,
 ) -> AoiScan:
     """`scan_chip` of each chip of a batch, summed as it goes (one task for many small
     chips; see `graph.scan_batches`)."""
     total = AoiScan()
     for chip in chips:
-        _add_into(total, scan_chip(chip, bands, with_histogram, use_nodata, reader))
+        _add_into(total, scan_chip(chip, bands, with_histogram, use_nodata, reader, for_run))
     return total
 
 

@@ -1,6 +1,12 @@
-"""Worker-local copies of S3 chips between the scan pass and the write pass.
+"""Worker-local copies of chips between the scan pass and the write pass.
 
-Without them every byte of an `s3://` chip crosses the network twice: the scan reads it for
+Two kinds, both placed the same way (the scan records the worker in `AoiScan.cached_on`;
+the write task prefers that worker) and both a saving, never a requirement:
+- S3 chips: a copy of the object on the worker's disk (below);
+- small chips (`keeps_pixels`), wherever they are stored: their decoded pixels in the
+  worker's memory (`keep_pixels`, `take_pixels`), so such a chip is decoded once.
+
+S3 copies: without them every byte of an `s3://` chip crosses the network twice: the scan reads it for
 the AOI histograms, the write task reads it again for the RGB and the masks. With them the
 scan downloads each chip once (one GET) into this worker's local directory and reads it
 there; the write task, which the graph places on that worker (`dask.annotate`, other
@@ -22,10 +28,16 @@ import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import dask.config
+import numpy as np
 
 from sn5dask import files
+
+if TYPE_CHECKING:
+    from sn5dask.raster import ChipHeader
 
 CONFIG_KEY = "sn5dask.chip-cache-bytes"
 DEFAULT_MAX_BYTES = 8 * 2**30
@@ -104,3 +116,67 @@ def _folder() -> str:
     folder = os.path.join(base, "sn5dask-chip-cache")
     os.makedirs(folder, exist_ok=True)
     return folder
+
+
+# -- decoded pixels of small chips ---------------------------------------------------------
+#
+# A 64 px chip costs more to open than to decode: reading it a second time in the write
+# pass was a tenth of its worker CPU (benchmarks/README.md). The scan keeps the pixels of
+# such a chip in memory; its write task takes them (and so frees them) instead of reading
+# the file again. Bounded per process by `sn5dask.pixel-cache-bytes` (dask config, default
+# 128 MiB); only chips whose file is at most `SMALL_CHIP_BYTES` (a SpaceNet chip, 27 MB,
+# never is) and whose pixels are at most that too. Entries belong to one run (its token):
+# the run removes what its write pass did not take (`drop_pixels`), and a run that finds
+# the budget full first drops what other runs left behind.
+
+PIXELS_CONFIG_KEY = "sn5dask.pixel-cache-bytes"
+DEFAULT_PIXELS_MAX_BYTES = 128 * 2**20
+SMALL_CHIP_BYTES = 2**20
+
+_pixels: OrderedDict[str, tuple[str, ChipHeader, np.ndarray]] = OrderedDict()  # URL -> (run, ...)
+
+
+def keeps_pixels(image_bytes: int | None) -> bool:
+    """Whether the scan should keep the pixels of a chip whose file has `image_bytes`."""
+    if image_bytes is None or image_bytes > SMALL_CHIP_BYTES:
+        return False
+    return int(dask.config.get(PIXELS_CONFIG_KEY, DEFAULT_PIXELS_MAX_BYTES)) > 0
+
+
+def keep_pixels(url: str, run: str, header: ChipHeader, pixels: np.ndarray) -> bool:
+    """Keep a chip's pixels (every band) for the write pass of `run`; False when they do
+    not fit (then the write task reads the chip again)."""
+    limit = int(dask.config.get(PIXELS_CONFIG_KEY, DEFAULT_PIXELS_MAX_BYTES))
+    if pixels.nbytes > min(limit, SMALL_CHIP_BYTES):
+        return False
+    with _lock:
+        _pixels.pop(url, None)
+        used = sum(entry[2].nbytes for entry in _pixels.values())
+        if used + pixels.nbytes > limit:
+            for other in [key for key, entry in _pixels.items() if entry[0] != run]:
+                used -= _pixels.pop(other)[2].nbytes
+        if used + pixels.nbytes > limit:
+            return False
+        _pixels[url] = (run, header, pixels)
+    return True
+
+
+def take_pixels(url: str, run: str) -> tuple[ChipHeader, np.ndarray] | None:
+    """The header and pixels (every band) the scan of `run` kept for `url`, removed from
+    the cache; None when there are none."""
+    with _lock:
+        entry = _pixels.get(url)
+        if entry is None or entry[0] != run:
+            return None
+        del _pixels[url]
+    return entry[1], entry[2]
+
+
+def drop_pixels(run: str) -> int:
+    """Remove what `run` kept and its write pass did not take (chips done before a resume,
+    tasks that ran on another worker); the number of chips removed."""
+    with _lock:
+        stale = [key for key, entry in _pixels.items() if entry[0] == run]
+        for key in stale:
+            del _pixels[key]
+    return len(stale)

@@ -83,14 +83,17 @@ def scan_tree(
     with_histogram: bool,
     use_nodata: bool = True,
     reader: ChipReader | None = None,
+    for_run: str | None = None,
 ) -> Delayed:
     """Delayed `AoiScan` of all chips: `scan_chips` per batch summed by a tree of
-    `combine_scans`. `with_histogram=False` reads headers only (no pixels)."""
+    `combine_scans`. `with_histogram=False` reads headers only (no pixels). `for_run`: the
+    run whose write pass follows (the scan keeps chip copies for it, `chipcache`)."""
     reader = reader or RasterioReader()
     scan = dask.delayed(scan_chips, pure=False)
     combine = dask.delayed(combine_scans, pure=False)
     level = [
-        scan(batch, tuple(bands), with_histogram, use_nodata, reader) for batch in scan_batches(chips)
+        scan(batch, tuple(bands), with_histogram, use_nodata, reader, for_run)
+        for batch in scan_batches(chips)
     ]
     if not level:
         return combine()
@@ -107,12 +110,14 @@ def scan_graph(
     with_histogram: bool,
     use_nodata: bool = True,
     reader: ChipReader | None = None,
+    for_run: str | None = None,
 ) -> Delayed:
     """The scan pass as one delayed object that computes to `AoiStats` (the tree, then
     `finalize_scan` on a worker)."""
     tree = scan_tree(
-        chips, bands, with_histogram=with_histogram, use_nodata=use_nodata, reader=reader
-    )
+        chips, bands, with_histogram=with_histogram, use_nodata=use_nodata, reader=reader,
+        for_run=for_run,
+    )  # fmt: skip
     return dask.delayed(finalize_scan, pure=False)(
         tree, tuple(bands), tuple(percentiles), with_histogram
     )
@@ -130,8 +135,8 @@ def chip_tasks(
     Keys name the chip (`process_chip-<AOI>-<chip id>-<token>`; a batch:
     `process_chip-<AOI>-<first chip id>+<n more>-<token>`), so dask's dashboard shows which
     chip a task is; the token keeps two runs on one cluster apart. `placement` maps a chip
-    id to the worker holding the local copy the scan made of it (S3 chips): the task
-    prefers that worker, and runs elsewhere only if it is gone (then it reads S3 again).
+    id to the worker holding the copy the scan kept of it (`chipcache`): the task prefers
+    that worker, and runs elsewhere only if it is gone (then it reads the chip again).
     """
     task = dask.delayed(process_chip_batch, pure=False)
     token = uuid.uuid4().hex[:12]

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import time
+import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -172,7 +173,8 @@ def run_aoi(
         files.remove_partials(layout.folder)  # left by a run that was killed mid-write
         previous = read_previous_manifest(layout, writer)
         scan_started = time.perf_counter()
-        stats = scan_aoi(client, catalog, config, reader)
+        run_token = uuid.uuid4().hex
+        stats = scan_aoi(client, catalog, config, reader, for_run=run_token)
         scan_seconds = time.perf_counter() - scan_started
         check_bands_exist(config, catalog, stats)
         params = run_params(config, catalog, stats)
@@ -193,10 +195,12 @@ def run_aoi(
             with_zarr="zarr" in config.formats,
             reader=reader,
             writer=writer,
+            run_token=run_token,
         )
         timings = process_chips(
             client, job, catalog, todo, manifest, writer, reporter, stats.cached_on
         )
+        drop_kept_pixels(client, run_token)
         manifest.chips = {c.chip_id: manifest.chips[c.chip_id] for c in catalog.chips}
         assign_folds(manifest, catalog, stats, config)
         write_manifest(manifest, layout, writer, final=True)
@@ -311,8 +315,16 @@ def check_damaged_manifest(
     log.warning("%s; stats.json shows the same parameters: every chip will be redone", damage)
 
 
-def scan_aoi(client: Client, catalog: AoiCatalog, config: RunConfig, reader: ChipReader) -> AoiStats:
-    """First pass: chip headers (and histograms for AOI stretch), reduced as a tree."""
+def scan_aoi(
+    client: Client,
+    catalog: AoiCatalog,
+    config: RunConfig,
+    reader: ChipReader,
+    *,
+    for_run: str | None = None,
+) -> AoiStats:
+    """First pass: chip headers (and histograms for AOI stretch), reduced as a tree.
+    `for_run`: the run whose write pass follows (workers keep chip copies for it)."""
     graph = scan_graph(
         catalog.chips,
         config.bands,
@@ -320,6 +332,7 @@ def scan_aoi(client: Client, catalog: AoiCatalog, config: RunConfig, reader: Chi
         with_histogram=config.stretch_scope == "aoi",
         use_nodata=config.rules.honour_nodata_tag,
         reader=reader,
+        for_run=for_run,
     )
     stats: AoiStats = client.compute(graph).result()
     return stats
@@ -432,6 +445,15 @@ def aoi_cuts(config: RunConfig, stats: AoiStats) -> tuple[Any, ...] | None:
     return tuple(band_cut(*stats.values[b]) for b in config.bands)
 
 
+def drop_kept_pixels(client: Client, run_token: str) -> None:
+    """Free the small chips' pixels the scan kept for this run and its write pass did not
+    take (chips already done, tasks that ran elsewhere). Not run after Ctrl-C: a later
+    run drops them when it needs the room (`chipcache.keep_pixels`)."""
+    from sn5dask import chipcache
+
+    client.run(chipcache.drop_pixels, run_token, on_error="ignore")
+
+
 def process_chips(
     client: Client,
     job: ChipJob,
@@ -443,7 +465,7 @@ def process_chips(
     placement: dict[str, str] | None = None,
 ) -> list[dict[str, float]]:
     """Compute the chip tasks, recording each result in the manifest as it finishes.
-    `placement`: chip id -> the worker holding its S3 copy (`chipcache`)."""
+    `placement`: chip id -> the worker holding the copy the scan kept (`chipcache`)."""
     index = {c.chip_id: i for i, c in enumerate(catalog.chips)}
     tasks = chip_tasks([(chip, index[chip.chip_id]) for chip in todo], job, placement)
     # optimize_graph=False keeps each task's placement

@@ -56,7 +56,7 @@ DATA_CODECS = (ZstdCodec(level=1),)
 # (a third of its filesystem work on small chips, benchmarks/README.md). Both are Zarr v3's
 # default encoding; stores written with "/" (sn5dask before 2026-12) are still read,
 # resumed and validated with their own keys.
-DATA_CHUNK_KEYS = {"name": "default", "separator": "."}
+DATA_CHUNK_KEYS = DefaultChunkKeyEncoding(separator=".")
 
 
 def _open(url: str, mode: Literal["r", "r+", "w"]) -> zarr.Group:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 
 from sn5dask import zarrstore
 from sn5dask.config import MASK_KINDS
@@ -46,7 +47,7 @@ def chunk_files(url: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("separator", [".", "/"])  # "/": stores made before 2026-12
 def test_direct_chunks_are_the_bytes_zarr_writes(tmp_path, monkeypatch, separator) -> None:
-    monkeypatch.setattr(zarrstore, "DATA_CHUNK_KEYS", {"name": "default", "separator": separator})
+    monkeypatch.setattr(zarrstore, "DATA_CHUNK_KEYS", DefaultChunkKeyEncoding(separator=separator))
     ours, theirs = tmp_path / "ours.zarr", tmp_path / "theirs.zarr"
     make_store(ours)
     make_store(theirs)

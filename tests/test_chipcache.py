@@ -1,0 +1,61 @@
+"""sn5dask.chipcache's decoded pixels: kept for one run, taken once, bounded, dropped."""
+
+from __future__ import annotations
+
+import dask
+import numpy as np
+import pytest
+
+from sn5dask import chipcache
+from sn5dask.raster import ChipHeader
+
+HEADER = ChipHeader(height=64, width=64, count=8, dtype="uint16", transform=(0.3, 0.0, 6e5, 0.0, -0.3, 4e6),
+                    crs_wkt="EPSG:32611", nodata=(None,) * 8)  # fmt: skip
+CHIP_BYTES = 8 * 64 * 64 * 2  # 64 KiB
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    chipcache._pixels.clear()
+    yield
+    chipcache._pixels.clear()
+
+
+def pixels(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 4000, (8, 64, 64), dtype=np.uint16)
+
+
+def test_pixels_are_taken_once_by_their_own_run() -> None:
+    kept = pixels(1)
+    assert chipcache.keep_pixels("a.tif", "run-1", HEADER, kept)
+    assert chipcache.take_pixels("a.tif", "run-2") is None  # another run reads the file
+    header, taken = chipcache.take_pixels("a.tif", "run-1")
+    assert header == HEADER and taken is kept
+    assert chipcache.take_pixels("a.tif", "run-1") is None  # taken: freed
+
+
+def test_the_budget_bounds_what_is_kept_and_other_runs_leftovers_go_first() -> None:
+    with dask.config.set({chipcache.PIXELS_CONFIG_KEY: 3 * CHIP_BYTES}):
+        assert chipcache.keep_pixels("old.tif", "killed-run", HEADER, pixels(0))
+        assert all(chipcache.keep_pixels(f"{i}.tif", "run", HEADER, pixels(i)) for i in range(3))
+        assert chipcache.take_pixels("old.tif", "killed-run") is None  # made room for this run
+        assert not chipcache.keep_pixels("3.tif", "run", HEADER, pixels(3))  # full: read twice
+        assert chipcache.take_pixels("3.tif", "run") is None
+        assert sum(entry[2].nbytes for entry in chipcache._pixels.values()) == 3 * CHIP_BYTES
+
+
+def test_chips_larger_than_small_are_never_kept() -> None:
+    assert chipcache.keeps_pixels(CHIP_BYTES) and not chipcache.keeps_pixels(None)
+    assert not chipcache.keeps_pixels(27 * 2**20)  # a SpaceNet chip
+    big = np.zeros((8, 300, 300), np.uint16)  # small file (compressed), large decoded
+    assert not chipcache.keep_pixels("big.tif", "run", HEADER, big)
+    with dask.config.set({chipcache.PIXELS_CONFIG_KEY: 0}):
+        assert not chipcache.keeps_pixels(CHIP_BYTES)
+
+
+def test_a_run_drops_only_what_it_kept() -> None:
+    chipcache.keep_pixels("a.tif", "run-1", HEADER, pixels(1))
+    chipcache.keep_pixels("b.tif", "run-1", HEADER, pixels(2))
+    chipcache.keep_pixels("c.tif", "run-2", HEADER, pixels(3))
+    assert chipcache.drop_pixels("run-1") == 2
+    assert list(chipcache._pixels) == ["c.tif"]
