@@ -134,6 +134,7 @@ DEFAULT_PIXELS_MAX_BYTES = 128 * 2**20
 SMALL_CHIP_BYTES = 2**20
 
 _pixels: OrderedDict[str, tuple[str, ChipHeader, np.ndarray]] = OrderedDict()  # URL -> (run, ...)
+_pixels_bytes = 0  # the sum of the kept arrays' nbytes
 
 
 def keeps_pixels(image_bytes: int | None) -> bool:
@@ -150,14 +151,13 @@ def keep_pixels(url: str, run: str, header: ChipHeader, pixels: np.ndarray) -> b
     if pixels.nbytes > min(limit, SMALL_CHIP_BYTES):
         return False
     with _lock:
-        _pixels.pop(url, None)
-        used = sum(entry[2].nbytes for entry in _pixels.values())
-        if used + pixels.nbytes > limit:
+        _pop_pixels(url)
+        if _pixels_bytes + pixels.nbytes > limit:
             for other in [key for key, entry in _pixels.items() if entry[0] != run]:
-                used -= _pixels.pop(other)[2].nbytes
-        if used + pixels.nbytes > limit:
+                _pop_pixels(other)
+        if _pixels_bytes + pixels.nbytes > limit:
             return False
-        _pixels[url] = (run, header, pixels)
+        _put_pixels(url, (run, header, pixels))
     return True
 
 
@@ -168,7 +168,7 @@ def take_pixels(url: str, run: str) -> tuple[ChipHeader, np.ndarray] | None:
         entry = _pixels.get(url)
         if entry is None or entry[0] != run:
             return None
-        del _pixels[url]
+        _pop_pixels(url)
     return entry[1], entry[2]
 
 
@@ -178,5 +178,18 @@ def drop_pixels(run: str) -> int:
     with _lock:
         stale = [key for key, entry in _pixels.items() if entry[0] == run]
         for key in stale:
-            del _pixels[key]
+            _pop_pixels(key)
     return len(stale)
+
+
+def _put_pixels(url: str, entry: tuple[str, ChipHeader, np.ndarray]) -> None:
+    global _pixels_bytes
+    _pixels[url] = entry
+    _pixels_bytes += entry[2].nbytes
+
+
+def _pop_pixels(url: str) -> None:
+    global _pixels_bytes
+    entry = _pixels.pop(url, None)
+    if entry is not None:
+        _pixels_bytes -= entry[2].nbytes

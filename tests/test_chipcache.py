@@ -14,11 +14,16 @@ HEADER = ChipHeader(height=64, width=64, count=8, dtype="uint16", transform=(0.3
 CHIP_BYTES = 8 * 64 * 64 * 2  # 64 KiB
 
 
+def forget_all() -> None:
+    for url in list(chipcache._pixels):
+        chipcache._pop_pixels(url)
+
+
 @pytest.fixture(autouse=True)
 def empty_cache():
-    chipcache._pixels.clear()
+    forget_all()
     yield
-    chipcache._pixels.clear()
+    forget_all()
 
 
 def pixels(seed: int) -> np.ndarray:
@@ -41,7 +46,7 @@ def test_the_budget_bounds_what_is_kept_and_other_runs_leftovers_go_first() -> N
         assert chipcache.take_pixels("old.tif", "killed-run") is None  # made room for this run
         assert not chipcache.keep_pixels("3.tif", "run", HEADER, pixels(3))  # full: read twice
         assert chipcache.take_pixels("3.tif", "run") is None
-        assert sum(entry[2].nbytes for entry in chipcache._pixels.values()) == 3 * CHIP_BYTES
+        assert chipcache._pixels_bytes == sum(e[2].nbytes for e in chipcache._pixels.values()) == 3 * CHIP_BYTES
 
 
 def test_chips_larger_than_small_are_never_kept() -> None:
@@ -58,4 +63,4 @@ def test_a_run_drops_only_what_it_kept() -> None:
     chipcache.keep_pixels("b.tif", "run-1", HEADER, pixels(2))
     chipcache.keep_pixels("c.tif", "run-2", HEADER, pixels(3))
     assert chipcache.drop_pixels("run-1") == 2
-    assert list(chipcache._pixels) == ["c.tif"]
+    assert list(chipcache._pixels) == ["c.tif"] and chipcache._pixels_bytes == CHIP_BYTES
