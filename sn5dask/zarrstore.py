@@ -53,7 +53,7 @@ COORDINATES = "chip_id transform crs height width has_labels"
 DATA_CODECS = (ZstdCodec(level=1),)
 # Chunk keys `c.<chip>.0.0.0` rather than the default `c/<chip>/0/0/0`: a chunk is then a
 # file in its array's folder, where "/" made every chip task create twelve nested folders
-# (a third of its filesystem work on small chips, benchmarks/README.md). Both are Zarr v3's
+# (0.4-0.9 ms of CPU per small chip, benchmarks/README.md). Both are Zarr v3's
 # default encoding; stores written with "/" (sn5dask before 2026-12) are still read,
 # resumed and validated with their own keys.
 DATA_CHUNK_KEYS = DefaultChunkKeyEncoding(separator=".")
