@@ -64,3 +64,27 @@ def test_a_run_drops_only_what_it_kept() -> None:
     chipcache.keep_pixels("c.tif", "run-2", HEADER, pixels(3))
     assert chipcache.drop_pixels("run-1") == 2
     assert list(chipcache._pixels) == ["c.tif"] and chipcache._pixels_bytes == CHIP_BYTES
+
+
+def test_only_a_scan_that_a_write_pass_follows_keeps_copies(monkeypatch) -> None:
+    """`sn5dask stats` and `open_aoi` scan without a write pass: they keep no pixels and
+    make no S3 copies (nothing would ever take them)."""
+    from dataclasses import replace
+
+    from sn5dask.aoistats import scan_chip
+    from sn5dask.testing import fake_aoi
+
+    fetched: list[str] = []
+    monkeypatch.setattr(chipcache, "fetch", lambda url, size=None: fetched.append(url))
+    fake = fake_aoi(n_chips=2, size=32, with_edge_cases=False)
+    s3_chip = replace(fake.catalog.chips[0], image="s3://bucket/chip0.tif")
+    fake.reader.add_image(s3_chip.image, *fake.reader.images[fake.catalog.chips[0].image])
+    for chip in (fake.catalog.chips[1], s3_chip):
+        scan = scan_chip(chip, (5, 3, 2), True, True, fake.reader)  # no run follows
+        assert chip.chip_id in scan.headers and not chipcache._pixels
+    assert not fetched
+    scan_chip(s3_chip, (5, 3, 2), True, True, fake.reader, for_run="run")
+    assert fetched == [s3_chip.image]
+    header, pixels = chipcache.take_pixels(s3_chip.image, "run")
+    assert header == fake.reader.images[s3_chip.image][0]
+    assert np.array_equal(pixels, fake.reader.images[s3_chip.image][1])  # every band
