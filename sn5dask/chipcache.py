@@ -28,7 +28,6 @@ import os
 import shutil
 import tempfile
 import threading
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import dask.config
@@ -133,7 +132,7 @@ PIXELS_CONFIG_KEY = "sn5dask.pixel-cache-bytes"
 DEFAULT_PIXELS_MAX_BYTES = 128 * 2**20
 SMALL_CHIP_BYTES = 2**20
 
-_pixels: OrderedDict[str, tuple[str, ChipHeader, np.ndarray]] = OrderedDict()  # URL -> (run, ...)
+_pixels: dict[str, tuple[str, ChipHeader, np.ndarray]] = {}  # URL -> (run, header, pixels)
 _pixels_bytes = 0  # the sum of the kept arrays' nbytes
 
 
