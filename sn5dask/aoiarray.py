@@ -27,6 +27,7 @@ from affine import Affine
 from sn5dask.catalog import discover
 from sn5dask.chipio import ChipReader, RasterioReader
 from sn5dask.errors import Sn5daskError
+from sn5dask.files import normalise_location
 from sn5dask.graph import scan_graph
 
 log = logging.getLogger("sn5dask")
@@ -49,7 +50,7 @@ def open_aoi(
     read are left out with a warning and listed in `attrs["unreadable_chips"]`.
     """
     reader = reader or RasterioReader()
-    catalog = discover(root, [aoi])[0]
+    catalog = discover(normalise_location(root), [aoi])[0]
     graph = scan_graph(
         catalog.chips, tuple(bands or ()), (0.0, 100.0), with_histogram=False, reader=reader
     )
@@ -103,6 +104,7 @@ def open_store(url: str) -> xr.Dataset:
     the same S3 settings as the run. `chip_dataarray(ds, chip_id, var)` gives one chip."""
     from sn5dask.files import storage_options
 
+    url = normalise_location(url)
     options = storage_options(url)
     return xr.open_zarr(url, storage_options=options or None)
 

@@ -96,14 +96,20 @@ def scan_chip(
         if address:
             scan.cached_on[chip.chip_id] = address
 
+    copy_key = chipcache.CopyKey(for_run or "", chip.image, chip.image_stamp)
+
     def read() -> tuple[ChipHeader, np.ndarray | None]:
         if keeps_copies and chipcache.enabled(chip.image):
             # One GET for both passes: the write task runs here and reads this copy.
             try:
-                if chipcache.fetch(chip.image, chip.image_bytes) is not None:
+                if chipcache.fetch(copy_key) is not None:
                     keep_here()
             except OSError:
                 pass  # read S3 directly below (and report any error from there)
+        with chipcache.reading(copy_key):
+            return read_kept_or_source()
+
+    def read_kept_or_source() -> tuple[ChipHeader, np.ndarray | None]:
         try:
             if not with_histogram:
                 return reader.read_header(chip.image, bands), None

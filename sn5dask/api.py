@@ -39,7 +39,7 @@ def to_grid(grid: GridLike) -> GeoBox:
         height, width, transform, crs = grid
         crs_text = crs.to_wkt() if hasattr(crs, "to_wkt") else str(crs)
         return GeoBox((int(height), int(width)), Affine(*tuple(transform)[:6]), crs_text)
-    return read_header(str(grid)).grid
+    return read_header(files.normalise_location(grid)).grid
 
 
 def burn_masks(
@@ -76,7 +76,7 @@ def _road_labels(
         text: str | bytes = json.dumps(document)
         source = "<GeoDataFrame>"
     else:
-        source = str(labels)
+        source = files.normalise_location(labels)
         text = files.read_bytes(source)
     return parse_road_labels(
         text, source, speed_field=speed_field, default_speed_mph=default_speed_mph
@@ -97,7 +97,7 @@ def aoi_percentiles(
     "unreadable_chips"}}. Uses `client` when given, else dask's default scheduler.
     """
     out: dict[str, dict[str, Any]] = {}
-    for catalog in discover(root, [aoi] if aoi else None):
+    for catalog in discover(files.normalise_location(root), [aoi] if aoi else None):
         if not catalog.chips:  # an AOI with labels only
             continue
         final = scan_graph(catalog.chips, bands, percentiles, with_histogram=True)
@@ -113,7 +113,7 @@ def aoi_histograms(
     row i for `bands[i]` (value v counted in column v). For plots; percentiles come from
     the same numbers. Uses `client` when given, else dask's default scheduler."""
     out: dict[str, np.ndarray] = {}
-    for catalog in discover(root, [aoi] if aoi else None):
+    for catalog in discover(files.normalise_location(root), [aoi] if aoi else None):
         if not catalog.chips:  # an AOI with labels only
             continue
         tree = scan_tree(catalog.chips, bands, with_histogram=True)

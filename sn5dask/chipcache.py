@@ -14,6 +14,13 @@ workers allowed when it is gone), opens the local copy and removes it when the c
 done. A chip whose write task runs elsewhere simply reads S3 again: the copy is a saving,
 never a requirement.
 
+Identity: a copy is kept under a `CopyKey`, the run that made it, the URL and the object's
+stamp ("size:ETag") as this run's discovery listed it, and it is found only inside
+`reading(key)` with that very key. A later run (whose token differs), or a reader outside
+a chip task, never sees it, even after the object was replaced under the same name; the
+run removes what it kept when it ends (`drop_run`), and a run that finds the budget full
+removes what other runs left behind.
+
 Bounded: a copy is made only while this process's copies stay under
 `sn5dask.chip-cache-bytes` (dask config, default 8 GiB) and the disk keeps 1 GiB free;
 otherwise the chip is read from S3 as before. The folder is inside the dask worker's
@@ -23,11 +30,15 @@ nothing behind for long. Per process, thread-safe.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import dask.config
@@ -42,8 +53,28 @@ CONFIG_KEY = "sn5dask.chip-cache-bytes"
 DEFAULT_MAX_BYTES = 8 * 2**30
 FREE_DISK_RESERVE = 2**30
 
+@dataclass(frozen=True)
+class CopyKey:
+    """The identity of a kept copy: the run that keeps it, the object's URL, and its stamp
+    ("size:ETag" on S3, as the run's discovery listed it; None when unknown)."""
+
+    run: str
+    url: str
+    stamp: str | None
+
+    @property
+    def size(self) -> int | None:
+        """The object's size in bytes as listed, when the stamp says it."""
+        text = (self.stamp or "").split(":", 1)[0]
+        return int(text) if text.isdigit() else None
+
+
 _lock = threading.Lock()
-_copies: dict[str, tuple[str, int]] = {}  # URL -> (local path, bytes)
+_copies: dict[CopyKey, tuple[str, int]] = {}  # key -> (local path, bytes)
+#: The copy the code running in this context (a chip's scan or write task) may read.
+_reading: contextvars.ContextVar[CopyKey | None] = contextvars.ContextVar(
+    "sn5dask_chip_copy", default=None
+)
 
 
 def enabled(url: str) -> bool:
@@ -51,43 +82,80 @@ def enabled(url: str) -> bool:
     return url.startswith("s3://") and int(dask.config.get(CONFIG_KEY, DEFAULT_MAX_BYTES)) > 0
 
 
-def fetch(url: str, size: int | None = None) -> str | None:
-    """Download `url` into this process's cache (once) and return the local path, or None
-    when it does not fit (then the caller reads S3 directly)."""
+def fetch(key: CopyKey) -> str | None:
+    """Download `key.url` into this process's cache (once per key) and return the local
+    path, or None when it does not fit or its size is not the listed one (then the caller
+    reads S3 directly)."""
     with _lock:
-        if url in _copies:
-            return _copies[url][0]
+        if key in _copies:
+            return _copies[key][0]
     folder = _folder()
     limit = int(dask.config.get(CONFIG_KEY, DEFAULT_MAX_BYTES))
+    expected = key.size or 0
     with _lock:
+        if sum(n for _, n in _copies.values()) + expected > limit:
+            for other in [k for k in _copies if k.run != key.run]:  # left by other runs
+                _remove_copy(other)
         used = sum(n for _, n in _copies.values())
-    expected = size if size is not None else 0
     if used + expected > limit or shutil.disk_usage(folder).free - expected < FREE_DISK_RESERVE:
         return None
-    local = os.path.join(folder, hashlib.sha1(url.encode()).hexdigest() + ".tif")
-    data = files.read_bytes(url)  # one GET, length checked
+    name = hashlib.sha1(repr((key.run, key.url, key.stamp)).encode()).hexdigest()
+    local = os.path.join(folder, name + ".tif")
+    data = files.read_bytes(key.url)  # one GET, length checked
+    if key.size is not None and len(data) != key.size:
+        return None  # replaced since it was listed: not the object this run scanned
     partial = local + ".partial"
     with open(partial, "wb") as f:
         f.write(data)
     os.replace(partial, local)
     with _lock:
-        _copies[url] = (local, len(data))
+        _copies[key] = (local, len(data))
     return local
 
 
+@contextmanager
+def reading(key: CopyKey) -> Iterator[None]:
+    """Within this block (one chip's scan or write task) `lookup(key.url)` finds the copy
+    kept under `key`, and only that one."""
+    token = _reading.set(key)
+    try:
+        yield
+    finally:
+        _reading.reset(token)
+
+
 def lookup(url: str) -> str | None:
-    """The local copy of `url` in this process, if there is one."""
+    """The local copy of `url` that the enclosing `reading` block may read, if any."""
+    key = _reading.get()
+    if key is None or key.url != url:
+        return None
     with _lock:
-        entry = _copies.get(url)
+        entry = _copies.get(key)
     if entry is None or not os.path.exists(entry[0]):
         return None
     return entry[0]
 
 
-def evict(url: str) -> None:
-    """Remove the local copy of `url` (its last reader is done)."""
+def evict(key: CopyKey) -> None:
+    """Remove the copy kept under `key` (its last reader is done)."""
     with _lock:
-        entry = _copies.pop(url, None)
+        _remove_copy(key)
+
+
+def drop_run(run: str) -> int:
+    """Remove everything `run` kept on this worker (S3 copies and small chips' pixels)
+    that its write pass did not use; the number of chips removed. Called on every worker
+    when the run's write pass ends, so nothing a run kept outlives it."""
+    with _lock:
+        stale = [key for key in _copies if key.run == run]
+        for key in stale:
+            _remove_copy(key)
+    return len(stale) + drop_pixels(run)
+
+
+def _remove_copy(key: CopyKey) -> None:
+    """Forget and delete one copy (the caller holds `_lock`)."""
+    entry = _copies.pop(key, None)
     if entry is not None:
         try:
             os.remove(entry[0])

@@ -99,8 +99,10 @@ def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) 
         _process(chip, job, zarr_index, result)
         return True
 
-    outcome = guard_chip(chip.image, work)
-    chipcache.evict(chip.image)  # the write pass is the chip's last read
+    copy_key = chipcache.CopyKey(job.run_token, chip.image, chip.image_stamp)
+    with chipcache.reading(copy_key):  # the copy this run's scan kept, and no other
+        outcome = guard_chip(chip.image, work)
+    chipcache.evict(copy_key)  # the write pass is the chip's last read
     if outcome.reason is not None:
         result.entry.status, result.entry.reason = "failed", outcome.reason
         if outcome.traceback is not None:

@@ -230,7 +230,10 @@ def demo(
     from sn5dask.config import load_config
     from sn5dask.synthetic import ensure_synthetic_aoi
 
+    from sn5dask.files import normalise_location
+
     _setup_logging(False)
+    out = Path(normalise_location(out))
     if out.exists() and not out.is_dir():
         raise _fail(f"{out} is a file, not a folder: give the demo a folder to write into")
     prepare_local_workers()  # the workers' imports overlap with making the synthetic AOI
@@ -249,7 +252,8 @@ def demo(
         raise _fail(str(exc)) from None
     code = _run_and_report(cfg)
     out_console.print(
-        f"outputs in {out / 'output'}: PS-RGB/, masks/, *.zarr, stats.json, manifest.json",
+        f"outputs in {out / 'output' / synthetic.aoi}: PS-RGB/, masks/, {synthetic.aoi}.zarr, "
+        f"folds.csv, stats.json, manifest.json; STAC catalog {out / 'output' / 'catalog.json'}",
         highlight=False,
         soft_wrap=True,
     )

@@ -60,6 +60,13 @@ class RunConfig(BaseModel):
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value)
 
+    @field_validator("root", "out")
+    @classmethod
+    def _normalised(cls, value: str) -> str:
+        from sn5dask.files import normalise_location
+
+        return normalise_location(value)
+
     @field_validator("out")
     @classmethod
     def _out_is_a_folder(cls, value: str) -> str:
@@ -219,6 +226,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
     """Build the config from an optional YAML file, then flags (`None` = not given)."""
     values: dict[str, Any] = {}
     if path is not None:
+        path = os.path.expanduser(path)
         try:
             loaded = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError) as exc:

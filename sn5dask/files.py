@@ -92,6 +92,23 @@ def access_denied_message(url: str, exc: BaseException) -> str:
     )
 
 
+def normalise_location(location: str | os.PathLike[str]) -> str:
+    """The one form of a dataset root, output folder or file the user names.
+
+    Local paths become absolute with `~` expanded (symlinks kept as given: `abspath`,
+    not `realpath`), so every path recorded or compared later (the manifest, output sizes,
+    `validate` from another folder) is the same string whatever the caller's working
+    folder was; a `file://` URL becomes its path. Other URLs (`s3://`) are returned as
+    they are. Pure string work; nothing is touched.
+    """
+    text = os.fspath(location)
+    if text.startswith("file://"):
+        text = text.removeprefix("file://")
+    elif "://" in text:
+        return text
+    return os.path.abspath(os.path.expanduser(text))
+
+
 def is_local(url: str) -> bool:
     """A local path (or file:// URL)? Decided from the text alone: building a filesystem
     for an s3:// URL would look up AWS credentials."""

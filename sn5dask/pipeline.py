@@ -16,7 +16,8 @@ import json
 import logging
 import time
 import uuid
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -173,34 +174,33 @@ def run_aoi(
         files.remove_partials(layout.folder)  # left by a run that was killed mid-write
         previous = read_previous_manifest(layout, writer)
         scan_started = time.perf_counter()
-        run_token = uuid.uuid4().hex
-        stats = scan_aoi(client, catalog, config, reader, for_run=run_token)
-        scan_seconds = time.perf_counter() - scan_started
-        check_bands_exist(config, catalog, stats)
-        params = run_params(config, catalog, stats)
-        done = resumable_chips(previous, params, config, catalog, layout, writer)
-        done = prepare_store(config, catalog, layout, writer, stats, params, done)
-        footprints = {cid: stac.lonlat_bbox(h) for cid, h in stats.headers.items()}
-        write_stats(layout, writer, catalog, config, stats, params, footprints)
-        manifest = start_manifest(config, catalog, params, stats, done)
-        todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
-        write_manifest(manifest, layout, writer, final=False)  # watchers see the run at once
-        reporter.aoi_started(
-            catalog.aoi, len(catalog.chips), len(done), len(manifest.chips) - len(done)
-        )
-        job = ChipJob(
-            config=config,
-            layout=layout,
-            aoi_cuts=aoi_cuts(config, stats),
-            with_zarr="zarr" in config.formats,
-            reader=reader,
-            writer=writer,
-            run_token=run_token,
-        )
-        timings = process_chips(
-            client, job, catalog, todo, manifest, writer, reporter, stats.cached_on
-        )
-        drop_kept_pixels(client, run_token)
+        with kept_for_run(client) as run_token:
+            stats = scan_aoi(client, catalog, config, reader, for_run=run_token)
+            scan_seconds = time.perf_counter() - scan_started
+            check_bands_exist(config, catalog, stats)
+            params = run_params(config, catalog, stats)
+            done = resumable_chips(previous, params, config, catalog, layout, writer)
+            done = prepare_store(config, catalog, layout, writer, stats, params, done)
+            footprints = {cid: stac.lonlat_bbox(h) for cid, h in stats.headers.items()}
+            write_stats(layout, writer, catalog, config, stats, params, footprints)
+            manifest = start_manifest(config, catalog, params, stats, done)
+            todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
+            write_manifest(manifest, layout, writer, final=False)  # watchers see the run at once
+            reporter.aoi_started(
+                catalog.aoi, len(catalog.chips), len(done), len(manifest.chips) - len(done)
+            )
+            job = ChipJob(
+                config=config,
+                layout=layout,
+                aoi_cuts=aoi_cuts(config, stats),
+                with_zarr="zarr" in config.formats,
+                reader=reader,
+                writer=writer,
+                run_token=run_token,
+            )
+            timings = process_chips(
+                client, job, catalog, todo, manifest, writer, reporter, stats.cached_on
+            )
         manifest.chips = {c.chip_id: manifest.chips[c.chip_id] for c in catalog.chips}
         assign_folds(manifest, catalog, stats, config)
         write_manifest(manifest, layout, writer, final=True)
@@ -401,6 +401,7 @@ def write_stats(
 ) -> None:
     document = {
         "aoi": catalog.aoi,
+        "root": config.root,
         **stats.as_json(),
         "stretch": config.stretch_scope,
         "n_chips": len(catalog.chips),
@@ -445,13 +446,22 @@ def aoi_cuts(config: RunConfig, stats: AoiStats) -> tuple[Any, ...] | None:
     return tuple(band_cut(*stats.values[b]) for b in config.bands)
 
 
-def drop_kept_pixels(client: Client, run_token: str) -> None:
-    """Free the small chips' pixels the scan kept for this run and its write pass did not
-    take (chips already done, tasks that ran elsewhere). Not run after Ctrl-C: a later
-    run drops them when it needs the room (`chipcache.keep_pixels`)."""
+@contextmanager
+def kept_for_run(client: Client) -> Iterator[str]:
+    """A new run token for one AOI's scan and write pass. What the workers kept under it
+    (S3 copies, small chips' pixels: `chipcache`) and the write pass did not use (chips
+    already done, tasks that ran elsewhere) is removed on every worker when the block
+    ends, however it ends: nothing a run kept outlives it."""
     from sn5dask import chipcache
 
-    client.run(chipcache.drop_pixels, run_token, on_error="ignore")
+    run_token = uuid.uuid4().hex
+    try:
+        yield run_token
+    finally:
+        try:
+            client.run(chipcache.drop_run, run_token, on_error="ignore")
+        except Exception as exc:  # a lost scheduler: its workers' copies die with them
+            log.debug("could not drop what run %s kept: %s", run_token, exc)
 
 
 def process_chips(

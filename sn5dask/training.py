@@ -76,6 +76,7 @@ class ChipDataset:
         self.masks, self.crop, self.index_masks, self.seed = masks, crop, index_masks, seed
         self.source = source
         wanted = None if folds is None else set(folds)
+        out = files.normalise_location(out)
         layouts = [AoiLayout(out, aoi)] if aoi else layouts_under(out)
         if not layouts:
             raise Sn5daskError(f"{out}: no sn5dask output folder (no manifest.json) here")

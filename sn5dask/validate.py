@@ -40,6 +40,7 @@ class ValidationReport:
 
 def validate_output(out: str) -> ValidationReport:
     """Validate every AOI output folder under `out` (or `out` itself being one)."""
+    out = files.normalise_location(out)
     layouts = layouts_under(out)
     if not layouts:
         raise Sn5daskError(f"{out}: no manifest.json found (not an sn5dask output folder)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dask
 import numpy as np
 import pytest
@@ -74,8 +76,8 @@ def test_only_a_scan_that_a_write_pass_follows_keeps_copies(monkeypatch) -> None
     from sn5dask.aoistats import scan_chip
     from sn5dask.testing import fake_aoi
 
-    fetched: list[str] = []
-    monkeypatch.setattr(chipcache, "fetch", lambda url, size=None: fetched.append(url))
+    fetched: list[chipcache.CopyKey] = []
+    monkeypatch.setattr(chipcache, "fetch", lambda key: fetched.append(key))
     fake = fake_aoi(n_chips=2, size=32, with_edge_cases=False)
     s3_chip = replace(fake.catalog.chips[0], image="s3://bucket/chip0.tif")
     fake.reader.add_image(s3_chip.image, *fake.reader.images[fake.catalog.chips[0].image])
@@ -84,7 +86,35 @@ def test_only_a_scan_that_a_write_pass_follows_keeps_copies(monkeypatch) -> None
         assert chip.chip_id in scan.headers and not chipcache._pixels
     assert not fetched
     scan_chip(s3_chip, (5, 3, 2), True, True, fake.reader, for_run="run")
-    assert fetched == [s3_chip.image]
+    assert fetched == [chipcache.CopyKey("run", s3_chip.image, s3_chip.image_stamp)]
     header, pixels = chipcache.take_pixels(s3_chip.image, "run")
     assert header == fake.reader.images[s3_chip.image][0]
     assert np.array_equal(pixels, fake.reader.images[s3_chip.image][1])  # every band
+
+
+def test_a_copy_is_read_only_by_its_own_run_for_the_listed_object(monkeypatch, tmp_path) -> None:
+    """An S3 copy is found only inside `reading` with the key it was kept under: the run
+    that made it, the URL and the listed stamp. Another run, another stamp (the object
+    replaced since) or a read outside a chip task never gets it, and `drop_run` removes
+    it with the run."""
+    from sn5dask import files
+
+    url = "s3://bucket/chip0.tif"
+    served = {url: b"old bytes!"}
+    monkeypatch.setattr(files, "read_bytes", lambda u: served[u])
+    monkeypatch.setattr(chipcache, "_folder", lambda: str(tmp_path))
+    key = chipcache.CopyKey("run-1", url, "10:etag-old")
+    local = chipcache.fetch(key)
+    assert local is not None and open(local, "rb").read() == b"old bytes!"
+    assert chipcache.lookup(url) is None  # outside any chip task
+    with chipcache.reading(key):
+        assert chipcache.lookup(url) == local
+    for other in (chipcache.CopyKey("run-2", url, "10:etag-old"),
+                  chipcache.CopyKey("run-1", url, "12:etag-new")):
+        with chipcache.reading(other):
+            assert chipcache.lookup(url) is None
+    # An object whose size is not the listed one is not kept (it changed since listing).
+    served[url] = b"new bytes!!!"
+    assert chipcache.fetch(chipcache.CopyKey("run-3", url, "10:etag-old")) is None
+    assert chipcache.drop_run("run-1") == 1
+    assert not os.path.exists(local) and not chipcache._copies

@@ -20,8 +20,9 @@ from tests.procs import sn5dask_cli
 AOI = "AOI_99_Synthetic"
 
 
-def cli(*args, timeout: float = 180, env: dict[str, str] | None = None) -> tuple[int, str]:
-    process = sn5dask_cli(*args, env=env)
+def cli(*args, timeout: float = 180, env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> tuple[int, str]:
+    process = sn5dask_cli(*args, env=env, cwd=cwd)
     output, _ = process.communicate(timeout=timeout)
     return process.returncode, output
 
@@ -184,3 +185,48 @@ def test_dashboard_port_taken_is_not_a_warning(small_aoi, tmp_path) -> None:
     assert "UserWarning" not in output and "already in use" not in output, output
     link = next(line for line in output.splitlines() if line.startswith("dask dashboard:"))
     assert ":8787/" not in link
+
+
+def test_a_relative_out_resumes_and_validates_from_any_folder(tmp_path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    code, output = cli("demo", "demo", "--chips", "3", "--size", "64", "--workers", "1", cwd=work)
+    assert code == 0, output
+    out = work / "demo" / "output" / AOI
+    assert f"outputs in {out}: PS-RGB/" in output  # the AOI folder, where they are
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*.tif")}
+    assert len(list(out.glob("PS-RGB/*.tif"))) == 3
+    # The same run again, with relative paths: nothing is made again.
+    code, output = cli("run", "demo/input", "--out", "demo/output", "--workers", "1", cwd=work)
+    assert code == 0 and "all 3 chips already done" in output, output
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tif")} == written
+    code, output = cli("demo", "demo", "--chips", "3", "--size", "64", "--workers", "1", cwd=work)
+    assert code == 0 and "all 3 chips already done" in output, output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["root"] == str(work / "demo" / "input")
+    assert json.loads((out / "stats.json").read_text())["root"] == str(work / "demo" / "input")
+    # validate reads the recorded sources from another folder
+    code, output = cli("validate", "demo/output", cwd=work)
+    assert code == 0 and ": OK" in output, output
+    code, output = cli("validate", out.parent, cwd=tmp_path)
+    assert code == 0 and ": OK" in output, output
+
+
+def test_tilde_means_home_for_root_out_and_config(small_aoi, tmp_path) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    shutil.copytree(small_aoi.root, home / "data")
+    env = {"HOME": str(home)}
+    code, output = cli("run", "~/data", "--out=~/x", "--workers", "1", "--formats", "geotiff",
+                       cwd=work, env=env)
+    assert code == 0, output
+    assert not (work / "~").exists()
+    assert (home / "x" / "catalog.json").is_file()
+    assert len(list((home / "x" / AOI / "PS-RGB").glob("*.tif"))) == 6
+    assert f"manifest: {home / 'x' / AOI / 'manifest.json'}" in " ".join(output.split())
+    code, output = cli("validate", "~/x", cwd=work, env=env)
+    assert code == 0 and ": OK" in output, output
+    (home / "run.yaml").write_text("root: ~/data\nout: ~/y\nformats: geotiff\nworkers: 1\n")
+    code, output = cli("run", "--config", "~/run.yaml", cwd=work, env=env)
+    assert code == 0, output
+    assert (home / "y" / "catalog.json").is_file() and not (work / "~").exists()

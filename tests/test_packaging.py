@@ -10,7 +10,7 @@ import yaml
 from tests.conftest import REPO
 
 # PyPI name -> conda-forge name where they differ (extras don't exist in conda).
-CONDA_NAMES = {"dask[array]": "dask"}
+CONDA_NAMES: dict[str, str] = {}
 
 
 def _split(requirement: str) -> tuple[str, str]:

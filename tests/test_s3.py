@@ -219,3 +219,36 @@ def test_each_s3_byte_crosses_the_network_once(small_aoi, s3_env, tmp_path) -> N
         for rgb in sorted((tmp_path / "once" / AOI / "PS-RGB").glob("*.tif")):
             twin = tmp_path / name / AOI / "PS-RGB" / rgb.name
             assert np.array_equal(rasterio.open(rgb).read(), rasterio.open(twin).read())
+
+
+def test_a_long_lived_cluster_never_reads_a_replaced_object_from_an_old_copy(tmp_path, s3_env) -> None:
+    """Copies a run's scan keeps are for the objects that run listed, and die with it: a
+    no-op re-run leaves none behind, and after the objects are replaced under the same
+    names a later run on the same workers makes every RGB from the new bytes."""
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    old = make_synthetic_aoi(tmp_path / "old", n_chips=4, size=96, seed=3, with_edge_cases=False)
+    new = make_synthetic_aoi(tmp_path / "new", n_chips=4, size=96, seed=5, with_edge_cases=False)
+    upload(s3_env, old.root, "replaced", "in")
+    # Pixel cache off: these chips are small, and the S3 copies are what is tested here.
+    env = {**s3_env, "DASK_SN5DASK__PIXEL_CACHE_BYTES": "0"}
+    with real_cluster(1, env=env) as cluster:
+        def run(out: Path, *extra: str) -> str:
+            process = sn5dask_cli("run", "s3://replaced/in", "--out", out, "--scheduler",
+                                  cluster.address, "--formats", "geotiff", *extra, env=env)
+            output, _ = process.communicate(timeout=300)
+            assert process.returncode == 0, output
+            return output
+
+        run(tmp_path / "first")
+        assert "already done" in run(tmp_path / "first")  # a scan, and no write pass
+        upload(s3_env, new.root, "replaced", "in")  # the same names, other pixels
+        run(tmp_path / "second")
+    reference = sn5dask_cli("run", new.root, "--out", tmp_path / "reference", "--workers", "1",
+                            "--formats", "geotiff")
+    assert reference.wait(300) == 0
+    rgbs = sorted((tmp_path / "reference" / AOI / "PS-RGB").glob("*.tif"))
+    assert len(rgbs) == 4
+    for rgb in rgbs:
+        made = rasterio.open(tmp_path / "second" / AOI / "PS-RGB" / rgb.name).read()
+        assert np.array_equal(made, rasterio.open(rgb).read()), rgb.name

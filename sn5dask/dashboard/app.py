@@ -24,6 +24,7 @@ import panel as pn
 
 from sn5dask.dashboard import data
 from sn5dask.encodings import SPEED_BINS
+from sn5dask.files import normalise_location
 from sn5dask.layout import AoiLayout
 
 OVERLAYS = ["none", "binary", "continuous", "binned"] + [f"multichannel: {name}" for name in (*SPEED_BINS, "road")]
@@ -127,9 +128,10 @@ class Dashboard:
     def __init__(self, out: str, root: str | None = None, controller: RunController | None = None) -> None:
         pn.extension("tabulator")
         hv.extension("bokeh", logo=False)
-        self.out, self.root = out, root
+        self.out = normalise_location(out)
+        self.root = None if root is None else normalise_location(root)
         self.controller = controller or RunController()
-        choices = data.aois(out)
+        choices = data.aois(self.out)
         self.aoi = pn.widgets.Select(name="AOI", options=choices, value=choices[0] if choices else None)
         self.run_button = pn.widgets.Button(name="Start run", button_type="primary", disabled=root is None)
         self.run_button.on_click(lambda _: self.start_run())
