@@ -266,7 +266,8 @@ def _list(
                 if path.endswith(suffixes) and not _under(path, excluded):
                     found[path] = _listed_local(path)
     else:
-        for pattern in (f"{base}/*/{folder}/*", f"{base}/{folder}/*"):
+        # `[`, `*` and `?` are legal in keys: the base is matched as it is written
+        for pattern in (f"{glob.escape(base)}/*/{folder}/*", f"{glob.escape(base)}/{folder}/*"):
             try:
                 listed = fs.glob(pattern, detail=True)
             except PermissionError as exc:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -64,7 +65,7 @@ class RichReporter:
     def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None:
         # A LocalCluster this run started goes away with it: say so, so nobody bookmarks it.
         lasts = " (until this run ends)" if closes_with_run else ""
-        err_console.print(f"dask dashboard: [link={dashboard_link}]{dashboard_link}[/link]{lasts}")
+        err_console.print(f"dask dashboard: {escape(str(dashboard_link))}{lasts}", highlight=False, soft_wrap=True)
 
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
         if not self.tasks:
@@ -107,7 +108,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # Every message is escaped: paths, reasons and exception text may hold "[...]", which
+    # rich would take for markup and drop.
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -203,10 +206,10 @@ def _print_summary(summary: RunSummary, seconds: float) -> None:
         total = sum(aoi.counts.values())
         if total and not aoi.processed and not aoi.counts.get("failed"):
             out_console.print(f"{aoi.aoi}: all {total} chips already done (nothing to do)")
-        out_console.print(f"{aoi.aoi} manifest: {aoi.manifest}", highlight=False, soft_wrap=True)
+        out_console.print(f"{aoi.aoi} manifest: {escape(aoi.manifest)}", highlight=False, soft_wrap=True)
         for chip_id, reason in aoi.failures:
             out_console.print(
-                f"[red]failed[/red] {aoi.aoi} {chip_id}: {reason}", highlight=False, soft_wrap=True
+                f"[red]failed[/red] {aoi.aoi} {escape(chip_id)}: {escape(reason)}", highlight=False, soft_wrap=True
             )
         if aoi.orphan_labels:
             out_console.print(
@@ -242,7 +245,10 @@ def demo(
     except OSError as exc:
         raise _fail(f"{out / 'input'}: cannot write the synthetic AOI ({exc.strerror or exc})") from None
     state = "reused (already there and intact)" if reused else "written"
-    err_console.print(f"synthetic AOI {synthetic.aoi}: {len(synthetic.images)} chips {state} in {out / 'input'}")
+    err_console.print(
+        f"synthetic AOI {synthetic.aoi}: {len(synthetic.images)} chips {state} in {escape(str(out / 'input'))}",
+        highlight=False, soft_wrap=True,
+    )
     try:
         cfg = load_config(
             None, root=str(out / "input"), out=str(out / "output"), workers=workers,
@@ -252,8 +258,9 @@ def demo(
         raise _fail(str(exc)) from None
     code = _run_and_report(cfg)
     out_console.print(
-        f"outputs in {out / 'output' / synthetic.aoi}: PS-RGB/, masks/, {synthetic.aoi}.zarr, "
-        f"folds.csv, stats.json, manifest.json; STAC catalog {out / 'output' / 'catalog.json'}",
+        f"outputs in {escape(str(out / 'output' / synthetic.aoi))}: PS-RGB/, masks/, "
+        f"{synthetic.aoi}.zarr, folds.csv, stats.json, manifest.json; "
+        f"STAC catalog {escape(str(out / 'output' / 'catalog.json'))}",
         highlight=False,
         soft_wrap=True,
     )
@@ -299,7 +306,7 @@ def stats(
     for name, errors in unreadable.items():
         for chip_id, reason in errors.items():
             err_console.print(
-                f"[red]unreadable[/red] {name} {chip_id}: {reason}", highlight=False, soft_wrap=True
+                f"[red]unreadable[/red] {name} {escape(chip_id)}: {escape(reason)}", highlight=False, soft_wrap=True
             )
     raise typer.Exit(1 if unreadable else 0)
 
@@ -315,7 +322,7 @@ def validate(out: Annotated[str, typer.Argument(help="An sn5dask output folder o
     except Sn5daskError as exc:
         raise _fail(str(exc)) from None
     for problem in report.problems:
-        out_console.print(f"[red]problem[/red] {problem}", highlight=False, soft_wrap=True)
+        out_console.print(f"[red]problem[/red] {escape(problem)}", highlight=False, soft_wrap=True)
     verdict = "OK" if report.ok else f"{len(report.problems)} problem(s)"
     out_console.print(
         f"validated {report.checked_chips} chips, {report.checked_files} files: {verdict}"

@@ -70,7 +70,9 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
         _METHOD_KEY: worker_start_method(),
         "distributed.scheduler.work-stealing": False,
     }
-    dashboard_address = dask.config.get("distributed.dashboard.address", ":8787")
+    dashboard_address = loopback_dashboard_address(
+        dask.config.get("distributed.dashboard.address", ":8787")
+    )
     lazy_dashboard = dashboard_address is not None and importlib.util.find_spec("bokeh") is not None
     with dask.config.set(local_config):
         with environ(process_environ), sigint_ignored(), warnings.catch_warnings():
@@ -96,6 +98,19 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
             _serve_dashboard_on_first_request(cluster.scheduler)
         with cluster, Client(cluster) as client:
             yield client
+
+
+def loopback_dashboard_address(address: str | None) -> str | None:
+    """The dask dashboard of a cluster sn5dask starts listens on 127.0.0.1 only.
+
+    distributed's default, ":8787", listens on every interface: the scheduler's identity,
+    the workers' folders and task names with file paths would be open to the network.
+    A bare port keeps its number on 127.0.0.1; an address that names a host (dask config
+    `distributed.dashboard.address: 0.0.0.0:8787`) is the user's choice and kept.
+    """
+    if address is not None and address.startswith(":"):
+        return "127.0.0.1" + address
+    return address
 
 
 class _DashboardOnFirstRequest(web.RequestHandler):

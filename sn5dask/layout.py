@@ -21,6 +21,7 @@ Pure string work: no file is touched here.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import posixpath
@@ -197,7 +198,7 @@ def layouts_under(out: str) -> list[AoiLayout]:
     """The layout of every AOI output folder (one holding a manifest) under `out`, or of
     `out` itself when it is one."""
     fs, base = files.filesystem(out)
-    base = base.rstrip("/")
+    base = glob.escape(base.rstrip("/"))  # `[`, `*`, `?` in a folder name are plain text
     found = sorted(
         set(fs.glob(f"{base}/*/{MANIFEST_NAME}")) | set(fs.glob(f"{base}/{MANIFEST_NAME}"))
     )

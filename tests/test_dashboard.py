@@ -85,6 +85,13 @@ def wait_for(driver, condition, timeout: float = 90.0, what: str = ""):
     raise AssertionError(f"page never showed {what}: {driver.execute_script(PAGE_TEXT)[:2000]}")
 
 
+def listening_hosts(port: int) -> set[str]:
+    import psutil
+
+    return {c.laddr.ip for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
 def test_dashboard_runs_watches_and_inspects_in_chromium(browser, tmp_path) -> None:
     from sn5dask.synthetic import make_synthetic_aoi
 
@@ -116,8 +123,12 @@ def test_dashboard_runs_watches_and_inspects_in_chromium(browser, tmp_path) -> N
         assert "19 ok, 0 skipped, 1 failed" in text
         link = browser.execute_script(FIND, "a", "Dask dashboard")
         assert link is not None and "kept up after runs" in text
-        with urllib.request.urlopen(link.get_attribute("href"), timeout=30) as response:
+        href = link.get_attribute("href")
+        with urllib.request.urlopen(href, timeout=30) as response:
             assert response.status == 200  # the cluster outlived the run
+        # The cluster the dashboard started shows its dashboard on loopback only.
+        assert href.startswith("http://127.0.0.1:"), href
+        assert listening_hosts(int(href.split(":")[2].split("/")[0])) == {"127.0.0.1"}
 
         browser.get(f"http://127.0.0.1:{port}/?chip=chip5")
         text = wait_for(browser, lambda t: "Chip chip5 (ok)" in t and t, what="the inspector on chip5")
@@ -133,3 +144,34 @@ def test_dashboard_runs_watches_and_inspects_in_chromium(browser, tmp_path) -> N
     manifest = json.loads((out / AOI / "manifest.json").read_text())
     assert manifest["counts"] == {"ok": 19, "skipped": 0, "failed": 1}
     assert manifest["chips"]["chip3"]["outputs"].keys() == {"rgb"}
+
+
+def test_names_from_the_data_are_shown_never_run(browser, tmp_path) -> None:
+    """A dataset folder named like an HTML element (a legal name, e.g. from a third-party
+    bucket) reaches the page in a chip's failure reason and in OUT's path: the inspector,
+    the status and the title show the text; the element is never made, its script never
+    runs."""
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    hostile = 'x<img src=x onerror="document.body.dataset.pwned=1">*b*_i_[l](j)'
+    aoi = make_synthetic_aoi(tmp_path / hostile / "in", n_chips=2, size=64, seed=8,
+                             with_edge_cases=False)
+    aoi.labels[1].write_text('{"type": "FeatureCollection", "features": [')
+    out = tmp_path / hostile / "out"
+    process = sn5dask_cli("run", aoi.root, "--out", out, "--workers", "1", "--formats", "geotiff")
+    output, _ = process.communicate(timeout=180)
+    assert process.returncode == 1, output
+    assert hostile.replace(" ", "") in "".join(output.split()), output  # rich wraps lines
+    port = free_port()
+    server = sn5dask_cli("dashboard", out, "--port", port)
+    try:
+        wait_for_port(port, 60)
+        browser.get(f"http://127.0.0.1:{port}/?chip=chip1")
+        text = wait_for(browser, lambda t: "Chip chip1 (failed)" in t and t, what="the inspector on chip1")
+        browser.save_screenshot(str(ARTIFACTS / "5-hostile-names.png"))
+        assert text.count(hostile) >= 3, text  # the title, the status line, the reason
+        assert "not valid GeoJSON" in text
+        assert browser.execute_script("return document.body.dataset.pwned") is None
+        assert browser.execute_script(FIND, "img[src=x]", None) is None
+    finally:
+        kill_group(server, 2)

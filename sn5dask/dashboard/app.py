@@ -12,6 +12,7 @@ distribution in the masks' own bins, and a map of chip footprints coloured by st
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from contextlib import ExitStack
@@ -29,6 +30,23 @@ from sn5dask.layout import AoiLayout
 
 OVERLAYS = ["none", "binary", "continuous", "binned"] + [f"multichannel: {name}" for name in (*SPEED_BINS, "road")]
 REFRESH_MS = 1000
+
+
+def text(value: str) -> str:
+    """A string from the data (a path, a chip id, a failure reason, an exception) as
+    Markdown that shows it literally: every character Markdown or HTML would act on is a
+    character reference, so a file named `x<img src=x onerror=...>` is shown, never run,
+    and `*`, `_`, `[` or a backtick in a name format nothing."""
+    return "".join(f"&#{ord(c)};" if c in _MARKUP_CHARS else c for c in value)
+
+
+def code(value: str) -> str:
+    """`text` in a monospace span (HTML's own: a Markdown code span would show the
+    character references themselves)."""
+    return f"<code>{text(value)}</code>"
+
+
+_MARKUP_CHARS = frozenset("<>&\"'`*_[]()#!|~\\{}+-.=$:")
 
 
 class LiveCounts:
@@ -188,7 +206,7 @@ class Dashboard:
         if self.aoi.value is None:
             self.load_aoi()
             if self.aoi.value is None:
-                self.status.object = f"No run output in `{self.out}` yet." + (
+                self.status.object = f"No run output in {code(self.out)} yet." + (
                     " Press **Start run**." if self.root else "")
                 return
         assert self._watch is not None
@@ -227,7 +245,8 @@ class Dashboard:
             return
         view = data.chip_view(self._watch.layout, manifest, self.chip.value)
         self.inspector_title.object = (
-            f"### Chip `{view.chip_id}` ({view.status})" + (f"\n\n{view.note}" if view.note else "")
+            f"### Chip {code(view.chip_id)} ({text(view.status)})"
+            + (f"\n\n{text(view.note)}" if view.note else "")
         )
         self.inspector.object = self._chip_plot(view)
 
@@ -252,7 +271,7 @@ class Dashboard:
             self.inspector,
         )
         return pn.Column(
-            pn.pane.Markdown(f"# sn5dask dashboard\n`{self.out}`"),
+            pn.pane.Markdown(f"# sn5dask dashboard\n{code(self.out)}"),
             controls,
             self.status,
             pn.Tabs(
@@ -268,7 +287,7 @@ class Dashboard:
     def _status_text(self, progress: data.Progress) -> str:
         state = "running" if progress.running else "finished" if progress.total else "not started"
         parts = [
-            f"**{self.aoi.value}** · {state} · **{progress.done} / {progress.total} chips done** "
+            f"**{text(str(self.aoi.value))}** · {state} · **{progress.done} / {progress.total} chips done** "
             f"({progress.ok} ok, {progress.skipped} skipped, {progress.failed} failed)"
         ]
         if progress.chips_per_second:
@@ -276,7 +295,7 @@ class Dashboard:
         if progress.eta_seconds is not None:
             parts.append(f"ETA {progress.eta_seconds:.0f} s")
         if self.controller.error:
-            parts.append(f"run error: {self.controller.error}")
+            parts.append(f"run error: {text(self.controller.error)}")
         return " · ".join(parts)
 
     def _dask_link(self) -> str:
@@ -284,7 +303,7 @@ class Dashboard:
         if client is None:
             return "Dask dashboard: starts with the first run from here"
         link = client.dashboard_link
-        return f"[Dask dashboard]({link}) (kept up after runs)"
+        return f'<a href="{html.escape(link)}">Dask dashboard</a> (kept up after runs)'
 
     def _table_selected(self, event: Any) -> None:
         if event.new:

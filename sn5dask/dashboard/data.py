@@ -8,6 +8,7 @@ GeoTIFFs and label files of one chip for the inspector. Local folders and `s3://
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import time
@@ -33,7 +34,7 @@ def aois(out: str) -> list[str]:
     found = {layout.aoi for layout in layouts_under(out)}
     try:
         fs, base = files.filesystem(out)
-        for path in fs.glob(f"{base.rstrip('/')}/*/{STATS_NAME}"):
+        for path in fs.glob(f"{glob.escape(base.rstrip('/'))}/*/{STATS_NAME}"):
             found.add(path.rstrip("/").split("/")[-2])
     except (OSError, ValueError):
         pass
