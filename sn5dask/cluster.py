@@ -8,17 +8,22 @@ timeouts) is dask configuration, not sn5dask's.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import dask.config
 from distributed import Client, LocalCluster, Scheduler, fire_and_forget
 from tornado import web
 
+from sn5dask.errors import ConfigError
 from sn5dask.forkserver import (
     PRE_SPAWN_KEY,
     environ,
@@ -56,6 +61,71 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
         finally:
             client.close()
         return
+    with environ_kept():
+        yield from _local_client(workers)
+
+
+@contextmanager
+def environ_kept() -> Iterator[None]:
+    """`os.environ` exactly as it was when the block ends. Starting a LocalCluster, dask
+    and distributed write into the client's environment (`PYTHONHASHSEED` for their
+    workers, `__DASK_PARENT_PID` for process titles) and leave it there: a script that
+    calls `sn5dask.run()` would find its environment changed afterwards."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
+def check_main_guard() -> None:
+    """`ConfigError` when a LocalCluster would be started from the top level of a script
+    that does not guard it with `if __name__ == "__main__":`.
+
+    Worker processes import the main script again when they start (as every Python
+    multiprocessing start method but fork does), so such a script would start a cluster
+    inside each worker: distributed then fails with pages of tracebacks. The call's line
+    in the script is looked up in the script's syntax tree; a notebook or `python -c`
+    has no script file and is never refused.
+    """
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if main is None or not script or not str(script).endswith(".py"):
+        return
+    frame = inspect.currentframe()
+    while frame is not None and frame.f_globals is not vars(main):
+        frame = frame.f_back
+    if frame is None or frame.f_code.co_name != "<module>":
+        return
+    try:
+        tree = ast.parse(Path(script).read_text(), script)
+    except (OSError, SyntaxError, ValueError):
+        return
+    line = frame.f_lineno
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_test(node.test):
+            if node.lineno <= line <= (node.end_lineno or node.lineno):
+                return
+    raise ConfigError(
+        f"{script}, line {line}: sn5dask starts worker processes, which import this script "
+        'again; put the call under `if __name__ == "__main__":` (README: Python API)'
+    )
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """`__name__ == "__main__"` (either way round)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    return {ast.unparse(test.left), ast.unparse(test.comparators[0])} == {"__name__", "'__main__'"}
+
+
+def _local_client(workers: int | None) -> Iterator[Client]:
+    """A LocalCluster sized to the machine, and a client of it (see `get_client`)."""
+    check_main_guard()
     n_workers = workers or default_worker_count()
     start_worker_server()
     process_environ = worker_process_environ()

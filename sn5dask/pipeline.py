@@ -29,7 +29,13 @@ from sn5dask.aoistats import AoiStats
 from sn5dask.catalog import AoiCatalog, ChipRecord, discover, input_folders
 from sn5dask.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader, read_json, write_json
 from sn5dask.chiptask import ChipJob, ChipResult
-from sn5dask.cluster import get_client, prepare_local_workers, warm_up_workers
+from sn5dask.cluster import (
+    check_main_guard,
+    get_client,
+    prepare_local_workers,
+    scheduler_address,
+    warm_up_workers,
+)
 from sn5dask.config import RunConfig
 from sn5dask.errors import ConfigError, ManifestError, ParamsChangedError, Sn5daskError
 from sn5dask.folds import folds_csv, spatial_folds
@@ -120,6 +126,8 @@ def run(
     in-memory fakes); they must work where the tasks run.
     """
     reporter = reporter or LogReporter()
+    if client is None and scheduler_address(config.scheduler) is None:
+        check_main_guard()  # before anything is written
     if client is None:
         prepare_local_workers(config.scheduler)  # its imports overlap with discovery
     catalogs = discover(config.root, list(config.aois) or None, exclude=config.out)

@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -230,3 +231,38 @@ def test_tilde_means_home_for_root_out_and_config(small_aoi, tmp_path) -> None:
     code, output = cli("run", "--config", "~/run.yaml", cwd=work, env=env)
     assert code == 0, output
     assert (home / "y" / "catalog.json").is_file() and not (work / "~").exists()
+
+
+def test_a_script_without_the_main_guard_is_one_clear_error(small_aoi, tmp_path) -> None:
+    script = tmp_path / "prepare.py"
+    script.write_text(
+        "import sn5dask\n"
+        f"sn5dask.run(sn5dask.RunConfig(root={str(small_aoi.root)!r}, out={str(tmp_path / 'o')!r}, workers=1))\n"
+    )
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"sn5dask.errors.ConfigError: {script}, line 2: ") and last.endswith(
+        'put the call under `if __name__ == "__main__":` (README: Python API)'), done.stderr
+    assert done.stderr.count("Traceback") == 1 and "Nanny" not in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_from_a_script_leaves_its_environment_as_it_was(small_aoi, tmp_path) -> None:
+    script = tmp_path / "prepare.py"
+    script.write_text(
+        "import json, os\n"
+        "import rasterio  # sets GDAL's CA bundle variables when imported, as it always does\n"
+        "import sn5dask\n"
+        "if __name__ == '__main__':\n"
+        "    before = dict(os.environ)\n"
+        f"    summary = sn5dask.run(sn5dask.RunConfig(root={str(small_aoi.root)!r}, out='o', workers=1))\n"
+        "    after = dict(os.environ)\n"
+        "    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))\n"
+        "    print(json.dumps({'changed': changed, 'failed': summary.failed}))\n"
+    )
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=180,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"changed": [], "failed": 0}
+    assert (tmp_path / "o" / AOI / "manifest.json").is_file()
