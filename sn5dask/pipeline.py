@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -140,6 +141,8 @@ def run(
     )
     with context as active:
         assert active is not None
+        if client is not None or scheduler_address(config.scheduler) is not None:
+            check_workers_see_local_paths(active, config, catalogs)
         warm_up_workers(active)
         reporter.cluster(active.dashboard_link, closes_with_run=client is None)
         summaries = [
@@ -148,6 +151,40 @@ def run(
         ]
         write_root_catalog(config, writer or FileWriter())
         return RunSummary(summaries, active.dashboard_link)
+
+
+def check_workers_see_local_paths(
+    client: Client, config: RunConfig, catalogs: list[AoiCatalog]
+) -> None:
+    """Refuse, before any chip task, a local ROOT or OUT that the workers of a cluster
+    sn5dask did not start cannot see (a real cluster shares no filesystem with the
+    client: chips would fail one by one with "No such file", and outputs would land on
+    the workers' own disks where nobody looks). The client writes a probe file into OUT
+    and every worker looks for it; every worker looks for the first chip of ROOT."""
+    checks: list[tuple[str, str, str]] = []  # (flag, the client's path, a file in it)
+    probe = None
+    if files.is_local(config.out):
+        files.makedirs(config.out)
+        probe = os.path.join(config.out, f".sn5dask-probe-{uuid.uuid4().hex}")
+        with open(probe, "wb"):
+            pass
+        checks.append(("--out", config.out, probe))
+    chips = [chip for catalog in catalogs for chip in catalog.chips[:1]]
+    if files.is_local(config.root) and chips:
+        checks.append(("ROOT", config.root, chips[0].image))
+    try:
+        for flag, path, marker in checks:
+            seen = client.run(os.path.exists, marker, on_error="return")
+            blind = sorted(worker for worker, found in seen.items() if found is not True)
+            if blind:
+                raise ConfigError(
+                    f"{flag} {path} is a folder on this machine that {len(blind)} of "
+                    f"{len(seen)} workers (e.g. {blind[0]}) do not see: give an s3:// URL, "
+                    "or a folder every worker mounts at the same path"
+                )
+    finally:
+        if probe is not None:
+            os.remove(probe)
 
 
 def check_outputs_apart_from_inputs(config: RunConfig, catalogs: list[AoiCatalog]) -> None:

@@ -50,9 +50,14 @@ class RealCluster:
 
 
 @contextmanager
-def real_cluster(n_workers: int = 2, env: dict[str, str] | None = None) -> Iterator[RealCluster]:
+def real_cluster(n_workers: int = 2, env: dict[str, str] | None = None,
+                 hidden: Path | None = None) -> Iterator[RealCluster]:
     """`dask scheduler` and `n_workers` single-threaded `dask worker` processes (no nanny,
-    so a killed worker stays dead) on 127.0.0.1."""
+    so a killed worker stays dead) on 127.0.0.1.
+
+    `hidden`: a folder the workers do not share with this process, as on a host of its
+    own: each worker runs in a mount namespace of its own (`unshare`, as root) where an
+    empty tmpfs lies over that folder."""
     port = free_port()
     environment = {**os.environ, **(env or {})}
     scheduler = subprocess.Popen(
@@ -65,10 +70,14 @@ def real_cluster(n_workers: int = 2, env: dict[str, str] | None = None) -> Itera
         wait_for_port(port)
         address = f"tcp://127.0.0.1:{port}"
         for _ in range(n_workers):
+            command = [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny",
+                       "--host", "127.0.0.1", "--no-dashboard"]  # fmt: skip
+            if hidden is not None:
+                command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           f'mount -t tmpfs none "$0" && exec "$@"', str(hidden), *command]  # fmt: skip
             workers.append(
                 subprocess.Popen(
-                    [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny",
-                     "--host", "127.0.0.1", "--no-dashboard"],
+                    command,
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
                 )  # fmt: skip
             )

@@ -118,3 +118,26 @@ def test_the_whole_run_killed_then_resumed(big_aoi, clean_run, tmp_path, sig) ->
     assert snapshot(tmp_path) == clean_run
     if sig == signal.SIGINT:
         assert manifest.exists(), "Ctrl-C must leave a manifest of the chips already done"
+
+
+def test_local_paths_the_workers_do_not_see_are_one_line_before_any_chip(small_aoi, tmp_path) -> None:
+    """Workers on hosts of their own (a mount namespace each, where the client's folder is
+    an empty tmpfs): a local ROOT or OUT is refused with one line, exit 2, and nothing is
+    written on the workers' side or the client's."""
+    import shutil
+
+    from tests.procs import real_cluster, sn5dask_cli
+
+    client_only = tmp_path / "client-only"
+    shutil.copytree(small_aoi.root, client_only / "in")
+    with real_cluster(1, hidden=client_only) as cluster:
+        for root, out, flag in ((client_only / "in", tmp_path / "shared-out", "ROOT"),
+                                (small_aoi.root, client_only / "out", "--out")):
+            process = sn5dask_cli("run", root, "--out", out, "--scheduler", cluster.address)
+            output, _ = process.communicate(timeout=120)
+            lines = [line for line in output.splitlines() if line.strip()]
+            assert process.returncode == 2, output
+            assert len(lines) == 1 and lines[0].startswith(f"error: {flag} "), output
+            assert "do not see: give an s3:// URL, or a folder every worker mounts" in " ".join(output.split())
+            assert not list(Path(out).rglob("*.tif"))
+    assert not list((client_only / "out").glob(".sn5dask-probe-*"))
