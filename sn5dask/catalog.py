@@ -22,7 +22,7 @@ from typing import Any
 from fsspec import AbstractFileSystem
 
 from sn5dask import files
-from sn5dask.errors import AccessDeniedError, NoChipsError
+from sn5dask.errors import AccessDeniedError, ConfigError, NoChipsError
 from sn5dask.layout import file_stem, output_name, sanitise
 
 __all__ = ["AoiCatalog", "ChipRecord", "aoi_for_image", "aoi_from_name", "chip_id_from_name",
@@ -272,6 +272,11 @@ def _list(
                 listed = fs.glob(pattern, detail=True)
             except PermissionError as exc:
                 raise AccessDeniedError(files.access_denied_message(files.full_url(fs, base), exc)) from None
+            except Exception as exc:
+                unreachable = files.unreachable_endpoint_message(files.full_url(fs, base), exc)
+                if unreachable is None:
+                    raise
+                raise ConfigError(unreachable) from None
             for path, info in listed.items():
                 url = files.full_url(fs, path)
                 if path.endswith(suffixes) and not _under(url, excluded):

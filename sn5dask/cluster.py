@@ -55,7 +55,13 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
     """
     address = scheduler_address(scheduler)
     if address:
-        client = Client(address)
+        try:
+            client = Client(address)
+        except OSError as exc:  # distributed's connect timeout (distributed.comm.timeouts.connect)
+            raise ConfigError(
+                f"--scheduler {address}: no scheduler answered ({exc}); check the address "
+                "and that the scheduler runs and is reachable from here"
+            ) from None
         try:
             yield client
         finally:

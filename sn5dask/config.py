@@ -95,9 +95,9 @@ class RunConfig(BaseModel):
     @classmethod
     def _bands(cls, value: tuple[int, ...]) -> tuple[int, ...]:
         if not value:
-            raise ValueError("--bands needs at least one band number")
+            raise ValueError("needs at least one band number")
         if any(b < 1 for b in value):
-            raise ValueError(f"band numbers are 1-based: {value}")
+            raise ValueError("takes 1-based band numbers")
         return value
 
     @field_validator("percentiles")
@@ -105,7 +105,7 @@ class RunConfig(BaseModel):
     def _percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
         low, high = value
         if not (0 <= low <= 100 and 0 <= high <= 100) or low > high:
-            raise ValueError(f"--percentiles needs low,high with 0 <= low <= high <= 100: {value}")
+            raise ValueError("needs low,high with 0 <= low <= high <= 100")
         return value
 
     @field_validator("masks")

@@ -109,6 +109,29 @@ def normalise_location(location: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def unreachable_endpoint_message(url: str, exc: BaseException) -> str | None:
+    """One line for an S3 endpoint that cannot be reached at all (no network, a wrong
+    AWS_ENDPOINT_URL), naming the endpoint; None for any other error."""
+    from botocore.exceptions import EndpointConnectionError
+
+    if not isinstance(exc, EndpointConnectionError):
+        return None
+    endpoint = str(exc.kwargs.get("endpoint_url", "")).split("?", 1)[0]
+    return (
+        f"{url}: cannot connect to the S3 endpoint {endpoint} (no network, or a wrong "
+        "AWS_ENDPOINT_URL / region); check the connection and try again"
+    )
+
+
+def remove_empty_folder(url: str) -> None:
+    """Remove a local folder if it is empty (S3 has no folders); anything else stays."""
+    if is_local(url):
+        try:
+            os.rmdir(url)
+        except OSError:
+            pass  # not empty, or already gone
+
+
 def is_local(url: str) -> bool:
     """A local path (or file:// URL)? Decided from the text alone: building a filesystem
     for an s3:// URL would look up AWS credentials."""

@@ -145,10 +145,15 @@ def run(
             check_workers_see_local_paths(active, config, catalogs)
         warm_up_workers(active)
         reporter.cluster(active.dashboard_link, closes_with_run=client is None)
-        summaries = [
-            run_aoi(active, config, catalog, reporter, reader=reader, writer=writer)
-            for catalog in catalogs
-        ]
+        summaries = []
+        for catalog in catalogs:
+            try:
+                summaries.append(
+                    run_aoi(active, config, catalog, reporter, reader=reader, writer=writer)
+                )
+            except ConfigError:  # e.g. --bands beyond the chips: no empty AOI folder left
+                files.remove_empty_folder(AoiLayout(config.out, catalog.aoi).folder)
+                raise
         write_root_catalog(config, writer or FileWriter())
         return RunSummary(summaries, active.dashboard_link)
 

@@ -223,6 +223,11 @@ def read_chip(
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror  # e.g. "Permission denied" (the path is already in the message)
+    # rasterio says "Read failed. See previous exception for details." and chains GDAL's
+    # own error (e.g. "IReadBlock failed ...: TIFFReadEncodedStrip() failed."): give that.
+    cause = exc.__cause__
+    if cause is not None and str(cause) and "See previous exception" in str(exc):
+        return f"{exc}".split(". See previous", 1)[0] + f": {cause}"
     return str(exc) or type(exc).__name__
 
 

@@ -266,3 +266,30 @@ def test_run_from_a_script_leaves_its_environment_as_it_was(small_aoi, tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"changed": [], "failed": 0}
     assert (tmp_path / "o" / AOI / "manifest.json").is_file()
+
+
+def test_mistakes_found_after_discovery_are_one_line_and_leave_nothing(small_aoi, tmp_path) -> None:
+    out = tmp_path / "out"
+    code, output = cli("run", small_aoi.root, "--out", out, "--bands", "9,3,2", "--workers", "1")
+    assert code == 2 and "Traceback" not in output, output  # after the dashboard link
+    assert output.strip().splitlines()[-1].startswith("error: --bands 9,3,2: the chips of")
+    assert not (out / AOI).exists()
+    # distributed's connect timeout is dask config; shortened here
+    code, output = cli("run", small_aoi.root, "--out", out, "--scheduler", "tcp://127.0.0.1:9",
+                       env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
+    assert_one_line_exit_2(code, output, "--scheduler tcp://127.0.0.1:9: no scheduler answered")
+    code, output = cli("run", "s3://bucket/in", "--out", out,
+                       env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k",
+                            "AWS_SECRET_ACCESS_KEY": "s", "AWS_MAX_ATTEMPTS": "1"})
+    assert_one_line_exit_2(code, output, "s3://bucket/in: cannot connect to the S3 endpoint http://127.0.0.1:9")
+    for args, words in ((["--percentiles", "98,2"], "error: --percentiles needs low,high with 0 <= low <= high <= 100 (got '98,2')"),
+                        (["--bands", "0,1"], "error: --bands takes 1-based band numbers (got '0,1')")):
+        code, output = cli("run", small_aoi.root, "--out", out, *args)
+        assert_one_line_exit_2(code, output, words)
+
+
+def test_square_brackets_in_paths_and_messages_are_kept(tmp_path) -> None:
+    root = tmp_path / "raw[old]"
+    root.mkdir()
+    code, output = cli("run", root, "--out", tmp_path / "out")
+    assert_one_line_exit_2(code, output, f"{root}: no chips found")

@@ -222,3 +222,19 @@ def test_files_on_other_filesystems_are_fsynced_each(tmp_path: Path, monkeypatch
         files._flushed_by_syncfs.cache_clear()
     assert synced == [] and len(fsynced) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "c.tif"]
+
+
+def test_a_truncated_chip_fails_with_gdals_own_reason(tmp_path) -> None:
+    """The header reads, the pixels do not: the reason is what GDAL said, not rasterio's
+    "Read failed. See previous exception for details."."""
+    from sn5dask.chipio import RasterioReader
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    image = make_synthetic_aoi(tmp_path, n_chips=1, size=256, seed=1, with_edge_cases=False).images[0]
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError) as caught:
+        RasterioReader().read_bands(str(image), (5, 3, 2))
+    message = str(caught.value)
+    assert message.startswith(f"{image}: cannot be read as a raster (Read failed: ")
+    assert "TIFFReadEncodedStrip() failed" in message and "See previous exception" not in message
