@@ -25,6 +25,7 @@ _EXPORTS = {
     "open_aoi": "sn5dask.aoiarray",
     "open_store": "sn5dask.aoiarray",
     "run": "sn5dask.pipeline",
+    "band_cut": "sn5dask.stretch",
     "stretch_to_uint8": "sn5dask.stretch",
     "show_versions": "sn5dask.versions",
 }
@@ -36,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from sn5dask.config import RunConfig, load_config
     from sn5dask.errors import Sn5daskError
     from sn5dask.pipeline import run
-    from sn5dask.stretch import stretch_to_uint8
+    from sn5dask.stretch import band_cut, stretch_to_uint8
     from sn5dask.versions import show_versions
 
 

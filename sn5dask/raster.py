@@ -199,7 +199,7 @@ def read_header(path: str, bands: Sequence[int] = ()) -> ChipHeader:
         with gdal_env(path), _open(path) as src:
             return _validate(path, src, bands)
     except (RasterioError, OSError) as exc:
-        raise ImageError(path, f"cannot be read as a raster ({_describe(exc)})") from None
+        raise ImageError(path, unreadable_reason(path, exc)) from None
 
 
 def read_chip(
@@ -216,8 +216,17 @@ def read_chip(
             data = src.read() if all_bands else src.read(list(bands))
             PIXEL_READS[path] += 1
     except (RasterioError, OSError) as exc:
-        raise ImageError(path, f"cannot be read as a raster ({_describe(exc)})") from None
+        raise ImageError(path, unreadable_reason(path, exc)) from None
     return header, data
+
+
+def unreadable_reason(path: str, exc: BaseException) -> str:
+    """Why a chip cannot be read, in the user's terms. An S3 refusal (HTTP 403) says which
+    credentials were used, or where none were found, as a refused listing does."""
+    reason = _describe(exc)
+    if path.startswith("s3://") and ("403" in reason or "Access Denied" in reason):
+        return files.access_denied_message(path, exc).removeprefix(f"{path}: ")
+    return f"cannot be read as a raster ({reason})"
 
 
 def _describe(exc: BaseException) -> str:

@@ -238,3 +238,20 @@ def test_a_truncated_chip_fails_with_gdals_own_reason(tmp_path) -> None:
     message = str(caught.value)
     assert message.startswith(f"{image}: cannot be read as a raster (Read failed: ")
     assert "TIFFReadEncodedStrip() failed" in message and "See previous exception" not in message
+
+
+def test_a_chip_refused_by_s3_says_which_credentials_were_searched(monkeypatch) -> None:
+    from rasterio.errors import RasterioIOError
+
+    from sn5dask import files
+    from sn5dask.raster import unreadable_reason
+
+    refused = RasterioIOError("HTTP response code: 403")
+    monkeypatch.setattr(files, "aws_credentials_method", lambda: None)
+    reason = unreadable_reason("s3://private/in/chip0.tif", refused)
+    assert reason.startswith("access denied when read anonymously (HTTP response code: 403)")
+    assert "No AWS credentials were found in the AWS_ACCESS_KEY_ID" in reason and "aws configure" in reason
+    monkeypatch.setattr(files, "aws_credentials_method", lambda: "env")
+    assert unreadable_reason("s3://private/in/chip0.tif", refused).startswith(
+        "access denied with the AWS credentials found (env)")
+    assert unreadable_reason("/data/chip0.tif", refused) == "cannot be read as a raster (HTTP response code: 403)"

@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
+@pytest.mark.slow  # about two minutes of mypy from a cold cache
 def test_package_is_mypy_clean() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "sn5dask"],
