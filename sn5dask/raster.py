@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +22,7 @@ from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.session import DummySession, Session
 
-from sn5dask import chipcache, files, geotiff
+from sn5dask import chipcache, files
 from sn5dask.config import COMPRESSIONS
 from sn5dask.errors import ImageError, TooFewBandsError
 
@@ -255,53 +255,30 @@ def encode_geotiff(
     is_mask: bool = False,
     descriptions: Sequence[str] | None = None,
 ) -> bytes:
-    """GeoTIFF bytes of a (band, y, x) or (y, x) uint8 array on the chip's grid.
+    """GeoTIFF bytes of a (band, y, x) or (y, x) uint8 array on the chip's grid, written by
+    GDAL (through rasterio) into memory.
 
     Tiled (`block_size`) with the given lossless codec (settings per kind: `_IMAGE_CODEC`,
-    `_MASK_CODEC`); CRS and transform copied exactly. The georeferencing tags are GDAL's,
-    learnt once per output kind; tifffile assembles the file (`sn5dask.geotiff`).
+    `_MASK_CODEC`); CRS and transform copied exactly. GDAL's fixed cost per file is kept
+    small with its own settings: creation options are not validated again for every file
+    (`GDAL_VALIDATE_CREATION_OPTIONS=NO`; they are fixed here) and each CRS is parsed once
+    per process (`_crs`).
     """
-    bands, kind = _output_kind(array, header, compress, nodata, photometric, is_mask, descriptions)
-    template = _template(kind) if geotiff.north_up(header.transform) else None
-    if template is None:
-        return _encode_with_gdal(bands, header.transform, kind)
-    return geotiff.write(template, bands, header.transform)
-
-
-def encode_geotiff_with_gdal(
-    array: np.ndarray,
-    header: ChipHeader,
-    *,
-    compress: str = "deflate",
-    nodata: float | None = None,
-    photometric: str | None = None,
-    is_mask: bool = False,
-    descriptions: Sequence[str] | None = None,
-) -> bytes:
-    """The file GDAL itself writes for `encode_geotiff`'s arguments (every file, as sn5dask
-    did before `sn5dask.geotiff`): the reference the tests and benchmarks compare with."""
-    bands, kind = _output_kind(array, header, compress, nodata, photometric, is_mask, descriptions)
-    return _encode_with_gdal(bands, header.transform, kind)
-
-
-def _output_kind(
-    array: np.ndarray,
-    header: ChipHeader,
-    compress: str,
-    nodata: float | None,
-    photometric: str | None,
-    is_mask: bool,
-    descriptions: Sequence[str] | None,
-) -> tuple[np.ndarray, OutputKind]:
-    """The (band, y, x) array and the `OutputKind` of an output."""
     if compress not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compress!r}; choose from {COMPRESSIONS}")
     if array.ndim == 2:
         array = array[np.newaxis]
-    profile = _geotiff_profile(array, compress, is_mask)
-    kind = OutputKind(header.crs_wkt, nodata, photometric,
-                      None if descriptions is None else tuple(descriptions), tuple(sorted(profile.items())))
-    return array, kind
+    profile: dict[str, object] = dict(_geotiff_profile(array, compress, is_mask))
+    profile.update(crs=_crs(header.crs_wkt), transform=rasterio.Affine(*header.transform[:6]),
+                   nodata=nodata)  # fmt: skip
+    if photometric:
+        profile["photometric"] = photometric
+    with gdal_env("memory"), rasterio.Env(GDAL_VALIDATE_CREATION_OPTIONS="NO"), MemoryFile() as memfile:
+        with memfile.open(**profile) as dst:
+            dst.write(array)
+            if descriptions is not None:
+                dst.descriptions = tuple(descriptions)
+        return memfile.read()
 
 
 def _geotiff_profile(array: np.ndarray, compress: str, is_mask: bool) -> dict[str, str | int]:
@@ -320,44 +297,6 @@ def _geotiff_profile(array: np.ndarray, compress: str, is_mask: bool) -> dict[st
     }
     profile.update((_MASK_CODEC if is_mask else _IMAGE_CODEC)[compress])
     return profile
-
-
-@dataclass(frozen=True)
-class OutputKind:
-    """What the GeoTIFFs of one output kind of an AOI share: everything but their
-    transform and pixels (`profile`: `_geotiff_profile`'s items, sorted)."""
-
-    crs_wkt: str
-    nodata: float | None
-    photometric: str | None
-    descriptions: tuple[str, ...] | None
-    profile: tuple[tuple[str, str | int], ...]
-
-
-def _encode_with_gdal(array: np.ndarray, transform: Sequence[float], kind: OutputKind) -> bytes:
-    """The GeoTIFF GDAL writes (through rasterio) for a (band, y, x) array."""
-    profile: dict[str, object] = dict(kind.profile)
-    profile.update(crs=_crs(kind.crs_wkt), transform=rasterio.Affine(*transform[:6]), nodata=kind.nodata)
-    if kind.photometric:
-        profile["photometric"] = kind.photometric
-    with gdal_env("memory"), MemoryFile() as memfile:
-        with memfile.open(**profile) as dst:
-            dst.write(array)
-            if kind.descriptions is not None:
-                dst.descriptions = kind.descriptions
-        return memfile.read()
-
-
-@functools.lru_cache(maxsize=64)
-def _template(kind: OutputKind) -> geotiff.Template | None:
-    """The `geotiff.Template` of an output kind, learnt from a small file GDAL writes for
-    it once per process (an AOI has a few kinds)."""
-    profile = dict(kind.profile)
-    side = geotiff.SAMPLE_SIDE
-    small = {**profile, "height": side, "width": side, "blockysize": side, "blockxsize": side}
-    zeros = np.zeros((int(profile["count"]), side, side), str(profile["dtype"]))
-    sample = _encode_with_gdal(zeros, geotiff.SAMPLE_TRANSFORM, replace(kind, profile=tuple(sorted(small.items()))))
-    return geotiff.learn_template(sample, geotiff.SAMPLE_TRANSFORM, profile)
 
 
 @functools.lru_cache(maxsize=16)

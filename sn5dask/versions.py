@@ -7,7 +7,7 @@ import sys
 from importlib import metadata
 
 _LIBRARIES = (
-    "numpy", "rasterio", "tifffile", "imagecodecs", "shapely", "pyproj", "geopandas", "odc-geo", "xarray",
+    "numpy", "rasterio", "shapely", "pyproj", "geopandas", "odc-geo", "xarray",
     "rioxarray", "zarr", "dask", "distributed", "fsspec", "s3fs",
 )  # fmt: skip
 
