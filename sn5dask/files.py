@@ -12,12 +12,11 @@ truncated file under a final name. On S3 an object is written by one PUT, which 
 from __future__ import annotations
 
 import contextvars
-import ctypes
+import errno
 import functools
 import os
 import posixpath
 import stat
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -253,6 +252,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
                 os.fsync(f.fileno())
         if pending is None:
             os.replace(partial, path)
+            fsync_folder(folder)
         else:
             pending[path] = None
     except BaseException:
@@ -273,14 +273,11 @@ _pending_renames: contextvars.ContextVar[dict[str, None] | None] = contextvars.C
 def committed_together() -> Iterator[None]:
     """Local atomic writes in this block get their final names together, at its end.
 
-    Each file is written to its `.partial` name as usual; at the end, one `syncfs` per
-    filesystem makes all of them durable (local disk filesystems; elsewhere an fsync per
-    file, `_flush`), then each is renamed. The promise stays that of
-    `write_bytes_atomic` (a final name only ever holds complete content, across a power
-    loss too); the cost is one flush instead of one per file, for a chip task's ten small
-    files 20-40 % less CPU and wall time (`python benchmarks/bench_durable_writes.py`).
-    Files are renamed even when the block raises: what was written is complete. Nested
-    blocks commit with the outermost.
+    Each file is written to its `.partial` name as usual; at the end every one is fsynced,
+    then all are renamed, then each folder that received one is fsynced (so the renames
+    survive a power loss too). If a flush fails, none of them gets its final name. Files
+    are renamed even when the block raises: what was written is complete. Nested blocks
+    commit with the outermost. A chip task's outputs thus appear together or not at all.
     """
     if _pending_renames.get() is not None:
         yield
@@ -297,7 +294,8 @@ def committed_together() -> Iterator[None]:
 def _commit(paths: list[str]) -> None:
     partials = [path + PARTIAL_SUFFIX for path in paths]
     try:
-        _flush(partials)
+        for partial in partials:
+            fsync_file(partial)
     except BaseException:
         for partial in partials:  # not made durable: none gets its final name
             try:
@@ -307,71 +305,30 @@ def _commit(paths: list[str]) -> None:
         raise
     for path, partial in zip(paths, partials, strict=True):
         os.replace(partial, path)
+    for folder in dict.fromkeys(os.path.dirname(path) for path in paths):
+        fsync_folder(folder)
 
 
-def _flush(partials: list[str]) -> None:
-    """Make the files durable: one `syncfs` per filesystem where that is known to flush
-    them (`_flushed_by_syncfs`), else an fsync per file."""
-    by_device: dict[int, list[str]] = {}
-    for partial in partials:
-        by_device.setdefault(os.stat(partial).st_dev, []).append(partial)
-    syncfs = _syncfs()
-    for device, group in by_device.items():
-        if syncfs is not None and _flushed_by_syncfs(device):
-            fd = os.open(group[0], os.O_RDONLY)
-            try:
-                if syncfs(fd) != 0:
-                    raise OSError(ctypes.get_errno(), f"syncfs failed ({group[0]})")
-            finally:
-                os.close(fd)
-            continue
-        for partial in group:
-            fd = os.open(partial, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
-#: Filesystems whose `syncfs` writes every dirty file of the mount to stable storage.
-#: Elsewhere (NFS, FUSE mounts such as s3fs or gcsfuse, unknown types) each file is
-#: fsynced: a FUSE daemon, for one, may not implement syncfs at all.
-SYNCFS_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "zfs", "overlay", "tmpfs"})
-
-
-@functools.lru_cache(maxsize=64)
-def _flushed_by_syncfs(device: int) -> bool:
-    return _filesystem_type(device) in SYNCFS_FILESYSTEMS
-
-
-def _filesystem_type(device: int) -> str | None:
-    """The type of the filesystem mounted as `device` (`st_dev`), from /proc/self/mountinfo;
-    None when it is not found there."""
-    key = f"{os.major(device)}:{os.minor(device)}"
+def fsync_file(path: str) -> None:
+    """Flush one file's data to stable storage (the OS's error if that fails)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 2 and fields[2] == key and "-" in fields:
-                    return fields[fields.index("-") + 1]
-    except OSError:
-        pass
-    return None
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-@functools.lru_cache(maxsize=1)
-def _syncfs() -> Any:
-    """glibc's `syncfs`, where it reports write-back errors (Linux >= 5.8); else None
-    (each file is then fsynced)."""
-    if not sys.platform.startswith("linux"):
-        return None
+def fsync_folder(folder: str) -> None:
+    """Flush a folder's entries (renames into it) to stable storage. Filesystems that
+    cannot fsync a folder (some FUSE mounts answer EINVAL) are left as they are."""
+    fd = os.open(folder or ".", os.O_RDONLY)
     try:
-        major, minor = (int(part) for part in os.uname().release.split(".")[:2])
-        if (major, minor) < (5, 8):
-            return None
-        return ctypes.CDLL(None, use_errno=True).syncfs
-    except (ValueError, OSError, AttributeError):
-        return None
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def remove_partials(folder_url: str) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 from pathlib import Path
@@ -151,17 +150,18 @@ def test_gdal_options_derived_from_aws_endpoint_url(monkeypatch: pytest.MonkeyPa
 def test_writes_committed_together_appear_whole_at_the_end_of_the_block(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Every file is fsynced before any is renamed, and each folder that received one is
+    fsynced after the renames (so they survive a power loss)."""
     from sn5dask import files
 
-    flushes: list[str] = []
-    real = files._syncfs()  # None off Linux >= 5.8: the fake below then flushes nothing
+    flushed: list[str] = []
+    real_fsync = os.fsync
 
-    def counting_syncfs(fd: int) -> int:
-        flushes.append(os.readlink(f"/proc/self/fd/{fd}"))
-        return int(real(fd)) if real is not None else 0
+    def recording_fsync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
 
-    monkeypatch.setattr(files, "_syncfs", lambda: counting_syncfs)
-    monkeypatch.setattr(files, "_flushed_by_syncfs", lambda device: True)  # whatever /tmp is here
+    monkeypatch.setattr(files.os, "fsync", recording_fsync)
     (tmp_path / "old.tif").write_bytes(b"old")
     with files.committed_together():
         files.write_bytes_atomic(str(tmp_path / "a" / "one.tif"), b"1" * 100)
@@ -172,12 +172,28 @@ def test_writes_committed_together_appear_whole_at_the_end_of_the_block(
         # nothing under a final name yet, the old file untouched
         assert not (tmp_path / "a" / "one.tif").exists() and not (tmp_path / "two.tif").exists()
         assert (tmp_path / "old.tif").read_bytes() == b"old"
-        assert flushes == []
+        assert flushed == []
     assert (tmp_path / "a" / "one.tif").read_bytes() == b"1" * 100
     assert (tmp_path / "old.tif").read_bytes() == b"newer"
     assert (tmp_path / "two.tif").read_bytes() == b"2"
-    assert len(flushes) == 1  # one flush for the filesystem, not one per file
+    partials = [str(tmp_path / "a" / "one.tif.partial"), str(tmp_path / "old.tif.partial"),
+                str(tmp_path / "two.tif.partial")]
+    assert flushed == partials + [str(tmp_path / "a"), str(tmp_path)]
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_a_single_atomic_write_flushes_the_file_and_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sn5dask import files
+
+    flushed: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+                        or real_fsync(fd))
+    files.write_bytes_atomic(str(tmp_path / "stats.json"), b"{}")
+    assert flushed == [str(tmp_path / "stats.json.partial"), str(tmp_path)]
+    assert (tmp_path / "stats.json").read_bytes() == b"{}"
 
 
 def test_committed_together_renames_what_was_written_when_the_block_fails(tmp_path: Path) -> None:
@@ -192,36 +208,14 @@ def test_committed_together_renames_what_was_written_when_the_block_fails(tmp_pa
 def test_a_failed_flush_leaves_no_final_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sn5dask import files
 
-    def failing_syncfs(fd: int) -> int:
-        ctypes.set_errno(errno.EIO)
-        return -1
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(files, "_syncfs", lambda: failing_syncfs)
-    with pytest.raises(OSError, match="syncfs failed"), files.committed_together():
-        files.write_bytes_atomic(str(tmp_path / "rgb.tif"), b"rgb")
-    assert list(tmp_path.iterdir()) == []  # no final name, and the .partial removed
-
-
-def test_files_on_other_filesystems_are_fsynced_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """NFS, FUSE mounts (s3fs, gcsfuse) and unknown types: syncfs may not flush them (a FUSE
-    daemon need not implement it), so each file gets its own fsync."""
-    from sn5dask import files
-
-    synced: list[int] = []
-    fsynced: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(files, "_syncfs", lambda: lambda fd: synced.append(fd) or 0)
-    monkeypatch.setattr(files, "_filesystem_type", lambda device: "fuse.s3fs")
-    monkeypatch.setattr(files.os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
-    files._flushed_by_syncfs.cache_clear()
-    try:
-        with files.committed_together():
-            for name in ("a.tif", "b.tif", "c.tif"):
-                files.write_bytes_atomic(str(tmp_path / name), name.encode())
-    finally:
-        files._flushed_by_syncfs.cache_clear()
-    assert synced == [] and len(fsynced) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif", "c.tif"]
+    monkeypatch.setattr(files.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="Input/output error"), files.committed_together():
+        files.write_bytes_atomic(str(tmp_path / "a.tif"), b"a")
+        files.write_bytes_atomic(str(tmp_path / "b.tif"), b"b")
+    assert list(tmp_path.iterdir()) == []  # no final name, and the .partial files removed
 
 
 def test_a_truncated_chip_fails_with_gdals_own_reason(tmp_path) -> None:
