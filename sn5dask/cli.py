@@ -134,6 +134,7 @@ def run(
     max_label_mb: Annotated[Optional[float], typer.Option("--max-label-mb", show_default="64", help="Label files over this size fail their chip")] = None,
     folds: Annotated[Optional[int], typer.Option(show_default="5", help="Spatial folds in folds.csv (contiguous blocks of chips)")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", show_default=False, help="Replace outputs made with other parameters")] = None,
+    break_lock: Annotated[Optional[bool], typer.Option("--break-lock", show_default=False, help="Take an S3 output's lock left by a run whose client is gone")] = None,
     config: Annotated[Optional[Path], typer.Option(show_default=False, help="YAML run config with the same options (flags win)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every warning")] = False,
 ) -> None:
@@ -148,7 +149,7 @@ def run(
             profile=profile, stretch=stretch, percentiles=percentiles, bands=bands,
             masks=masks, buffer_m=buffer_m, default_speed=default_speed,
             speed_field=speed_field, formats=formats, compress=compress,
-            max_label_mb=max_label_mb, folds=folds, overwrite=overwrite,
+            max_label_mb=max_label_mb, folds=folds, overwrite=overwrite, break_lock=break_lock,
         )  # fmt: skip
     except ConfigError as exc:
         raise _fail(str(exc)) from None

@@ -54,6 +54,8 @@ class RunConfig(BaseModel):
     max_label_mb: float = Field(default=64.0, gt=0, allow_inf_nan=False)
     folds: int = Field(default=5, ge=1)
     overwrite: bool = False
+    #: take an S3 lock left by a run whose client is gone (not an output parameter)
+    break_lock: bool = False
 
     @field_validator("aois", "bands", "percentiles", "masks", "formats", mode="before")
     @classmethod

@@ -1,9 +1,14 @@
-"""The run lock `OUT/<AOI>/.sn5dask.lock` (its path is `layout.AoiLayout.lock`).
+"""The run lock `OUT/<AOI>/.sn5dask.lock` (its path is `layout.AoiLayout.lock_url`).
 
-Local: created with `O_CREAT | O_EXCL`, so two runs can never both hold it. S3 has no
-exclusive create here, so the lock is advisory there: it is checked, then written (a race
-between two starts can slip by). On both, a lock left by a dead process of this host is
-taken over.
+Local: an OS file lock through `filelock`. The kernel releases it when the holding process
+ends, however it ends, so a lock is never left behind by a dead run; the lock file holds
+the holder's host and pid, for messages only (it stays, unlocked, after the run).
+
+S3: the lock is an object created with a conditional PUT (`If-None-Match: *`, s3fs's
+`mode="create"`): of two runs that start together exactly one creates it. A lock left by
+a dead process of this host is taken over; one left by a client on another host (a killed
+Kubernetes job, say) cannot be checked from here: the message names `--break-lock`, which
+removes it and takes the lock.
 """
 
 from __future__ import annotations
@@ -11,64 +16,91 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 from typing import Any
 
-from fsspec.implementations.local import LocalFileSystem
+import filelock
 
+from sn5dask import files
 from sn5dask.errors import LockError
-from sn5dask.files import filesystem, read_bytes
+
+BREAK_LOCK_FLAG = "--break-lock"
 
 
 class RunLock:
-    """The lock file at `url`, holding this process's host and pid while held."""
+    """The lock at `url`, holding this process's host and pid while held.
 
-    def __init__(self, url: str) -> None:
+    `break_lock`: take an S3 lock whatever holds it (the user says its holder is gone).
+    """
+
+    def __init__(self, url: str, *, break_lock: bool = False) -> None:
         self.url = url
+        self.break_lock = break_lock
         self.holder = {"host": socket.gethostname(), "pid": os.getpid()}
-        self._held = False
+        self._file_lock: filelock.BaseFileLock | None = None
+        self._s3_held = False
+
+    # -- local ---------------------------------------------------------------------------
+    def _acquire_local(self) -> None:
+        os.makedirs(os.path.dirname(self.url), exist_ok=True)
+        lock = filelock.FileLock(self.url, timeout=0, is_singleton=False)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise LockError(self._held_message(local=True)) from None
+        try:  # the holder, for the message another run shows
+            with open(self.url, "w") as f:
+                json.dump(self.holder, f)
+        except OSError:
+            pass
+        self._file_lock = lock
+
+    # -- S3 ------------------------------------------------------------------------------
+    def _acquire_s3(self) -> None:
+        fs, path = files.filesystem(self.url)
+        payload = json.dumps(self.holder).encode()
+        for _ in range(2):
+            try:
+                fs.pipe_file(path, payload, mode="create")
+            except FileExistsError:
+                if self.break_lock or self._held_by_dead_local_process():
+                    _remove(fs, path)
+                    continue
+                raise LockError(self._held_message(local=False)) from None
+            self._s3_held = True
+            return
+        raise LockError(self._held_message(local=False))
 
     def acquire(self) -> None:
-        fs, path = filesystem(self.url)
-        payload = json.dumps(self.holder).encode()
-        if isinstance(fs, LocalFileSystem):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            for _ in range(2):
-                try:
-                    _create_whole(path, payload)
-                except FileExistsError:
-                    if not self._take_over_stale(path):
-                        raise LockError(self._held_message(path)) from None
-                    continue
-                self._held = True
-                return
-            raise LockError(self._held_message(path))
-        if fs.exists(path) and not self._take_over_stale(path):
-            raise LockError(self._held_message(path))
-        fs.pipe_file(path, payload)
-        self._held = True
+        if files.is_local(self.url):
+            self._acquire_local()
+        else:
+            self._acquire_s3()
 
     def check_free(self) -> None:
-        """`LockError` when another live run holds the lock (checked before a cluster is
-        started; `acquire` checks again). A stale lock of this host counts as free."""
-        fs, path = filesystem(self.url)
-        if not fs.exists(path):
+        """`LockError` when another run holds the lock (checked before a cluster starts;
+        `acquire` decides)."""
+        if files.is_local(self.url):
+            if not os.path.exists(self.url):
+                return
+            probe = filelock.FileLock(self.url, timeout=0, is_singleton=False)
+            try:
+                probe.acquire()
+            except filelock.Timeout:
+                raise LockError(self._held_message(local=True)) from None
+            probe.release()
             return
-        holder = _read_holder(self.url)
-        pid = holder.get("pid")
-        if holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid):
-            return
-        raise LockError(self._held_message(path))
+        fs, path = files.filesystem(self.url)
+        if fs.exists(path) and not self.break_lock and not self._held_by_dead_local_process():
+            raise LockError(self._held_message(local=False))
 
     def release(self) -> None:
-        if not self._held:
-            return
-        fs, path = filesystem(self.url)
-        try:
-            fs.rm_file(path)
-        except FileNotFoundError:
-            pass
-        self._held = False
+        if self._file_lock is not None:
+            self._file_lock.release()
+            self._file_lock = None
+        if self._s3_held:
+            fs, path = files.filesystem(self.url)
+            _remove(fs, path)
+            self._s3_held = False
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -77,58 +109,36 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def _held_message(self, path: str) -> str:
+    def _held_message(self, *, local: bool) -> str:
         holder = _read_holder(self.url)
-        who = f"host {holder.get('host')} pid {holder.get('pid')}" if holder else "unknown"
+        who = f"host {holder.get('host')} pid {holder.get('pid')}" if holder else "holder unknown"
+        if local:
+            return f"{self.url}: another sn5dask run holds this output ({who}); wait for it to finish"
         return (
             f"{self.url}: another sn5dask run holds this output ({who}); wait for it to "
-            f"finish, or delete the lock file if that run is gone"
+            f"finish, or, if that run is gone (its client was killed), run again with "
+            f"{BREAK_LOCK_FLAG}"
         )
 
-    def _take_over_stale(self, path: str) -> bool:
-        """Remove a lock left by a dead process of this host (local or S3); False when the
-        holder may be alive (another host's process cannot be checked)."""
+    def _held_by_dead_local_process(self) -> bool:
+        """The S3 lock names a process of this host that no longer runs."""
         holder = _read_holder(self.url)
-        if not holder or holder.get("host") != socket.gethostname():
-            return False
         pid = holder.get("pid")
-        if not isinstance(pid, int) or _pid_alive(pid):
+        if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
             return False
-        fs, _ = filesystem(self.url)
-        try:
-            fs.rm_file(path)
-        except FileNotFoundError:
-            pass
-        return True
+        return not _pid_alive(pid)
 
 
-def _create_whole(path: str, payload: bytes) -> None:
-    """Create `path` holding `payload`, or raise `FileExistsError` if it exists.
-
-    The lock appears with its content (written to a private file, then hard-linked under
-    `path`, which is atomic and fails if `path` exists), so no other run ever reads it
-    empty. Where hard links are not supported, `O_CREAT | O_EXCL` and a write.
-    """
-    private = f"{path}.{os.getpid()}.{threading.get_ident()}.new"
-    with open(private, "wb") as f:
-        f.write(payload)
+def _remove(fs: Any, path: str) -> None:
     try:
-        os.link(private, path)
-        return
-    except FileExistsError:
-        raise
-    except OSError:
-        pass  # no hard links here
-    finally:
-        os.remove(private)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(payload)
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
 
 
 def _read_holder(url: str) -> dict[str, Any]:
     try:
-        holder = json.loads(read_bytes(url))
+        holder = json.loads(files.read_bytes(url))
         return holder if isinstance(holder, dict) else {}
     except (OSError, ValueError):
         return {}

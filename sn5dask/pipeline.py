@@ -134,7 +134,7 @@ def run(
     catalogs = discover(config.root, list(config.aois) or None, exclude=config.out)
     check_outputs_apart_from_inputs(config, catalogs)
     for catalog in catalogs:  # fail before a cluster starts, not after
-        RunLock(AoiLayout(config.out, catalog.aoi).lock_url).check_free()
+        RunLock(AoiLayout(config.out, catalog.aoi).lock_url, break_lock=config.break_lock).check_free()
     files.makedirs(config.out)
     context = nullcontext(client) if client is not None else get_client(
         config.scheduler, config.workers
@@ -220,7 +220,7 @@ def run_aoi(
     files.makedirs(layout.folder)
     if not catalog.chips:  # labels without any image: reported, nothing to make
         return record_orphan_labels(config, catalog, layout, writer, reporter, started)
-    with RunLock(layout.lock_url):
+    with RunLock(layout.lock_url, break_lock=config.break_lock):
         files.remove_partials(layout.folder)  # left by a run that was killed mid-write
         previous = read_previous_manifest(layout, writer)
         scan_started = time.perf_counter()
@@ -284,7 +284,7 @@ def record_orphan_labels(
     started: float,
 ) -> AoiSummary:
     """An AOI with label files but no image: a manifest that lists them, and a summary."""
-    with RunLock(layout.lock_url):
+    with RunLock(layout.lock_url, break_lock=config.break_lock):
         manifest = Manifest(
             aoi=catalog.aoi, params=config.output_params(), root=config.root,
             orphan_labels=catalog.orphan_labels,

@@ -420,3 +420,65 @@ def test_a_chip_beyond_the_utm_zones_gets_its_rgb_and_ups_masks(client, tmp_path
     # A 2 m buffer on a ~0.6 m x 2.2 m pixel grid: a band of rows around row 32, full width.
     rows = np.flatnonzero(binary.any(axis=1))
     assert binary[32].all() and 30 <= rows.min() and rows.max() <= 34
+
+
+@pytest.mark.slow  # a moto server
+def test_an_s3_lock_has_one_winner_and_a_dead_clients_lock_is_broken_on_request(small_aoi) -> None:
+    """S3 locks are created with a conditional PUT: of two starters exactly one wins. A lock
+    left by a client on another host (a killed job pod) stops a run with a message naming
+    --break-lock; with it, the run takes the lock and completes."""
+    import threading
+
+    from sn5dask.errors import LockError
+    from sn5dask.lock import RunLock
+    from tests.procs import moto_server
+
+    with moto_server() as env:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        s3.create_bucket(Bucket="locks")
+        old_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            for attempt in range(5):  # starters released together, five times over
+                url = f"s3://locks/race{attempt}/.sn5dask.lock"
+                results: list[str] = []
+                start = threading.Barrier(4)
+
+                def starter() -> None:
+                    lock = RunLock(url)
+                    start.wait()
+                    try:
+                        lock.acquire()
+                        results.append("won")
+                    except LockError:
+                        results.append("refused")
+
+                threads = [threading.Thread(target=starter) for _ in range(4)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(60)
+                assert sorted(results) == ["refused"] * 3 + ["won"], results
+        finally:
+            for key, value in old_env.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+        s3.put_object(Bucket="locks", Key="out/AOI_99_Synthetic/.sn5dask.lock",
+                      Body=json.dumps({"host": "job-pod-7f9c", "pid": 1}).encode())
+        args = ("run", small_aoi.root, "--out", "s3://locks/out", "--workers", "1", "--formats", "geotiff")
+        process = sn5dask_cli(*args, env=env)
+        output, _ = process.communicate(timeout=300)
+        text = " ".join(output.split())
+        assert process.returncode == 2 and "host job-pod-7f9c pid 1" in text and "--break-lock" in text, output
+        process = sn5dask_cli(*args, "--break-lock", env=env)
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="locks", Prefix="out/")["Contents"]]
+        assert "out/AOI_99_Synthetic/manifest.json" in keys and "out/AOI_99_Synthetic/.sn5dask.lock" not in keys

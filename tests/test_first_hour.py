@@ -81,16 +81,13 @@ def test_stats_errors_are_not_called_run_configuration(small_aoi) -> None:
 
 
 def test_a_second_run_on_a_locked_out_fails_before_any_cluster(small_aoi, tmp_path) -> None:
+    from tests.procs import lock_held_elsewhere
+
     out = tmp_path / "out"
-    (out / AOI).mkdir(parents=True)
-    holder = subprocess.Popen(["sleep", "120"])  # a live process of this host holds the lock
-    (out / AOI / ".sn5dask.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": holder.pid}))
-    try:
+    with lock_held_elsewhere(str(out / AOI / ".sn5dask.lock")) as holder:
         code, output = cli("run", small_aoi.root, "--out", out, timeout=60)
-    finally:
-        holder.kill()
-        holder.wait()
-    assert_one_line_exit_2(code, output, "another sn5dask run holds this output")
+    assert_one_line_exit_2(code, output, "another sn5dask run holds this output",
+                           f"host {socket.gethostname()} pid {holder.pid}")
     assert "dask dashboard" not in output and "8787" not in output
 
 

@@ -47,18 +47,23 @@ def test_layouts_under_finds_aoi_folders_and_an_aoi_folder_itself(tmp_path) -> N
     assert layouts_under(str(tmp_path / "other")) == []
 
 
-def test_a_lock_appears_whole_and_leaves_nothing_else(tmp_path) -> None:
-    """The lock file is created with its holder already in it (hard link of a private
-    file), so a second run never reads it empty; no private file is left behind."""
+def test_a_local_lock_is_held_by_a_live_process_only(tmp_path) -> None:
+    """An OS file lock (filelock): a second run is refused, naming the holder, while the
+    holder lives; once the holder is killed the kernel has released it, and the next run
+    takes it without anyone deleting a file."""
     import json as _json
 
     from sn5dask.errors import LockError
     from sn5dask.lock import RunLock
+    from tests.procs import lock_held_elsewhere
 
     url = str(tmp_path / "AOI" / ".sn5dask.lock")
-    with RunLock(url) as lock:
+    with lock_held_elsewhere(url) as holder:
+        assert _json.loads((tmp_path / "AOI" / ".sn5dask.lock").read_text())["pid"] == holder.pid
+        for attempt in (RunLock(url).acquire, RunLock(url).check_free):
+            with pytest.raises(LockError, match=f"pid {holder.pid}"):
+                attempt()
+    with RunLock(url) as lock:  # the holder was SIGKILLed: free
         assert _json.loads((tmp_path / "AOI" / ".sn5dask.lock").read_text()) == lock.holder
         assert [p.name for p in (tmp_path / "AOI").iterdir()] == [".sn5dask.lock"]
-        with pytest.raises(LockError, match=f"pid {lock.holder['pid']}"):
-            RunLock(url).acquire()
-    assert not list((tmp_path / "AOI").iterdir())
+    RunLock(url).check_free()
