@@ -9,22 +9,21 @@ timeouts) is dask configuration, not sn5dask's.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import inspect
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import dask.config
-from distributed import Client, LocalCluster, Scheduler, fire_and_forget
-from tornado import web
+from distributed import Client, LocalCluster, fire_and_forget
 
 from sn5dask.errors import ConfigError
 from sn5dask.forkserver import (
+    METHOD_KEY,
     PRE_SPAWN_KEY,
     environ,
     prepare_local_workers,
@@ -38,7 +37,6 @@ from sn5dask.forkserver import (
 __all__ = ["get_client", "prepare_local_workers", "prepare_worker", "warm_up_workers"]
 
 log = logging.getLogger("sn5dask")
-_METHOD_KEY = "distributed.worker.multiprocessing-method"
 
 
 def default_worker_count() -> int:
@@ -136,20 +134,19 @@ def _local_client(workers: int | None) -> Iterator[Client]:
     start_worker_server()
     process_environ = worker_process_environ()
     # distributed's nanny would write its pre-spawn variables into this process's
-    # os.environ (and leave them there); sn5dask hands them to the workers instead: set
-    # only while the worker processes start, and as each worker's `env`.
+    # os.environ; sn5dask hands them to the workers instead: in the fork server's
+    # environment, set only while the worker processes start, and as each worker's `env`.
     # No work stealing: the write task of an S3 chip is placed on the worker holding the
     # scan's local copy (`chipcache`), and a steal would download the chip a second time.
     # Chips without a copy are queued on the scheduler, where nothing is stolen anyway.
     local_config = {
         PRE_SPAWN_KEY: {},
-        _METHOD_KEY: worker_start_method(),
+        METHOD_KEY: worker_start_method(),
         "distributed.scheduler.work-stealing": False,
     }
     dashboard_address = loopback_dashboard_address(
         dask.config.get("distributed.dashboard.address", ":8787")
     )
-    lazy_dashboard = dashboard_address is not None and importlib.util.find_spec("bokeh") is not None
     with dask.config.set(local_config):
         with environ(process_environ), sigint_ignored(), warnings.catch_warnings():
             # With 8787 taken (a notebook's cluster, another run), distributed warns in
@@ -162,16 +159,11 @@ def _local_client(workers: int | None) -> Iterator[Client]:
                 processes=True,
                 silence_logs=logging.ERROR,
                 dashboard_address=dashboard_address,
-                # bokeh's pages come with the first request for one (_serve_dashboard_on_first_request)
-                scheduler_kwargs={"dashboard": False} if lazy_dashboard else None,
                 # Forked workers inherit the fork server's environment, which may be older
                 # than the client's (AWS_*, GDAL_* set since): each worker applies the
                 # client's current variables first thing, as spawned workers would have.
                 env={**os.environ, **process_environ},
             )
-        if lazy_dashboard:
-            assert cluster.scheduler is not None
-            _serve_dashboard_on_first_request(cluster.scheduler)
         with cluster, Client(cluster) as client:
             yield client
 
@@ -187,43 +179,6 @@ def loopback_dashboard_address(address: str | None) -> str | None:
     if address is not None and address.startswith(":"):
         return "127.0.0.1" + address
     return address
-
-
-class _DashboardOnFirstRequest(web.RequestHandler):
-    """Any page the scheduler's HTTP server has no route for yet: attach the bokeh
-    dashboard, then send the browser to the same address again (bokeh answers it now)."""
-
-    def initialize(self, attach: Callable[[], None]) -> None:
-        self._attach = attach
-
-    def get(self, *_: str) -> None:
-        self._attach()
-        self.redirect(self.request.uri or "/")
-
-
-def _serve_dashboard_on_first_request(scheduler: Scheduler) -> None:
-    """Have the scheduler's HTTP server import and attach the bokeh dashboard when a page
-    of it is first asked for.
-
-    distributed imports bokeh (≈0.65 s of the client's CPU, benchmarks/README.md) inside
-    the scheduler's start, before any worker is asked for, so every run waited for it,
-    and a batch run usually has nobody looking. The scheduler now starts its HTTP server
-    (same address, same link, its JSON and Prometheus routes) without the bokeh pages;
-    the first request for one (a browser opening the printed link, the JupyterLab
-    extension, sn5dask's dashboard) attaches them, on the scheduler's event loop, once.
-    """
-    application = scheduler.http_application
-    lazy = web.Application([(r"/.*", _DashboardOnFirstRequest, {"attach": lambda: attach()})])
-
-    def attach() -> None:
-        if lazy not in application.applications:
-            return  # attached by an earlier request
-        application.applications.remove(lazy)
-        import distributed.dashboard.scheduler
-
-        distributed.dashboard.scheduler.connect(application, scheduler.http_server, scheduler, prefix="/")
-
-    application.add_application(lazy)
 
 
 def warm_up_workers(client: Client) -> None:
