@@ -9,14 +9,15 @@ of CPU per worker, benchmarks/README.md). `sn5dask.worker-start-method: spawn` i
 config (or DASK_SN5DASK__WORKER_START_METHOD=spawn) gives dask's default back.
 
 The server is started early (`start_worker_server`, the CLI's first step), so its imports
-run on another core while the client discovers chips and starts the scheduler. Everything
-here is dask config and the standard library's public multiprocessing API.
+run on another core while the client imports its own and starts the scheduler. Everything
+here is dask config and the public names of the standard library's multiprocessing.
 """
 
 from __future__ import annotations
 
 import copy
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import threading
@@ -37,25 +38,25 @@ START_METHOD_KEY = "sn5dask.worker-start-method"
 #: in its first write task).
 WORKER_MODULES = ("distributed", "sn5dask.aoistats", "sn5dask.chiptask", "sn5dask.zarrstore")
 
-#: The no-op processes that started the fork server (kept so they can be joined).
-_starters: list[multiprocessing.process.BaseProcess] = []
+#: The variables every local worker starts with unless the user's dask config
+#: (`distributed.nanny.pre-spawn-environ`) says otherwise: distributed's own defaults,
+#: one thread for OpenMP and BLAS, known here before distributed is imported (so the fork
+#: server can start first thing, its imports beside the client's).
+WORKER_START_ENVIRON = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def worker_environment_overrides() -> dict[str, object]:
-    """dask config for the workers sn5dask starts itself (distributed must be imported:
-    its defaults are part of dask config from then on).
+    """dask config for the workers sn5dask starts itself.
 
     distributed sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns, so glibc hands
     freed memory straight back to the OS and each chip's large arrays are page-faulted
     afresh: measured 17-20 % fewer chips/s than glibc's own default (+15 MiB peak RSS per
     worker; benchmarks/README.md). Unset it (distributed's documented `None`) unless the
-    user chose a value, in dask config or as the environment variable.
+    user chose another value, in dask config or as the environment variable.
     """
-    import distributed  # noqa: F401  # its defaults (distributed.yaml) join dask config
-
     if "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return {}
-    if str(dask.config.get(_TRIM_KEY, None)) != _DISTRIBUTED_DEFAULT_TRIM:
+    if str(dask.config.get(_TRIM_KEY, _DISTRIBUTED_DEFAULT_TRIM)) != _DISTRIBUTED_DEFAULT_TRIM:
         return {}
     return {_TRIM_KEY: None}
 
@@ -71,13 +72,13 @@ def worker_start_method() -> str:
 
 
 def worker_process_environ() -> dict[str, str]:
-    """The variables a worker process must have from its first instruction (one thread for
-    OpenMP/BLAS, ...): distributed's `nanny.pre-spawn-environ` with sn5dask's overrides,
-    where the client's environment does not already set them."""
-    overrides = worker_environment_overrides()
+    """The variables a worker process must have from its first instruction:
+    `WORKER_START_ENVIRON` under the user's `distributed.nanny.pre-spawn-environ`, with
+    sn5dask's overrides, where the client's environment does not already set them. The
+    same whether distributed is imported yet or not."""
     config = copy.deepcopy(dask.config.config)
-    dask.config.set(overrides, config=config)
-    configured = dask.config.get(PRE_SPAWN_KEY, {}, config=config)
+    dask.config.set(worker_environment_overrides(), config=config)
+    configured = {**WORKER_START_ENVIRON, **dask.config.get(PRE_SPAWN_KEY, {}, config=config)}
     return {k: os.environ.get(k, str(v)) for k, v in configured.items() if v is not None}
 
 
@@ -115,30 +116,24 @@ def sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _started() -> None:
-    """The first process forked from the server: nothing to do."""
-
-
 def start_worker_server() -> None:
     """Start the fork server for local workers now, so its imports overlap with whatever
-    the client does next (discovery, the scheduler's start). Idempotent; a no-op with the
-    spawn method.
+    the client does next (its own imports, discovery, the scheduler's start). Idempotent;
+    a no-op with the spawn method.
 
-    The server is started (by forking one no-op process from it) with the workers'
-    variables (`worker_process_environ`) and SIGINT ignored, which every worker then
-    inherits; the client's own `os.environ` is left as it was. Only what a process reads
-    as it starts (allocator, thread pools) comes from the server's environment: the
-    LocalCluster hands each worker the client's current variables too.
+    The server is started with the workers' variables (`worker_process_environ`) and
+    SIGINT ignored, which every worker then inherits; the client's own `os.environ` is
+    left as it was. Only what a process reads as it starts (allocator, thread pools) comes
+    from the server's environment: the LocalCluster hands each worker the client's
+    current variables too. (`multiprocessing.forkserver.ensure_running` returns at once;
+    the server preloads while the client goes on.)
     """
-    if worker_start_method() != "forkserver" or _starters:
+    if worker_start_method() != "forkserver":
         return
     server_environ = worker_process_environ()
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(WORKER_MODULES))
+    multiprocessing.set_forkserver_preload(list(WORKER_MODULES))
     with environ(server_environ), sigint_ignored():
-        starter = context.Process(target=_started, name="sn5dask-forkserver-start", daemon=True)
-        starter.start()
-    _starters.append(starter)
+        multiprocessing.forkserver.ensure_running()
 
 
 def scheduler_address(scheduler: str | None = None) -> str | None:

@@ -152,10 +152,22 @@ def run(
                     run_aoi(active, config, catalog, reporter, reader=reader, writer=writer)
                 )
             except ConfigError:  # e.g. --bands beyond the chips: no empty AOI folder left
-                files.remove_empty_folder(AoiLayout(config.out, catalog.aoi).folder)
+                remove_unused_aoi_folder(AoiLayout(config.out, catalog.aoi))
                 raise
         write_root_catalog(config, writer or FileWriter())
         return RunSummary(summaries, active.dashboard_link)
+
+
+def remove_unused_aoi_folder(layout: AoiLayout) -> None:
+    """Remove an AOI output folder that holds nothing but its (released) lock file: a run
+    stopped by a mistake before its first output leaves no empty folder behind."""
+    if files.is_local(layout.folder) and os.path.isdir(layout.folder):
+        if set(os.listdir(layout.folder)) <= {os.path.basename(layout.lock_url)}:
+            try:
+                os.remove(layout.lock_url)
+            except FileNotFoundError:
+                pass
+            files.remove_empty_folder(layout.folder)
 
 
 def check_workers_see_local_paths(
