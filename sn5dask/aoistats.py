@@ -20,7 +20,7 @@ from sn5dask import chipcache
 from sn5dask.catalog import ChipRecord
 from sn5dask.chipio import ChipReader
 from sn5dask.errors import TooFewBandsError, guard_chip
-from sn5dask.raster import ChipHeader, band_indexes
+from sn5dask.raster import ChipHeader
 from sn5dask.stretch import UINT16_BINS, band_histograms, percentiles_from_histogram
 
 
@@ -81,7 +81,7 @@ def scan_chip(
     `use_nodata`: leave each band's declared nodata value out of its histogram (the
     profile's valid-pixel rule). `for_run`: the run whose write pass follows, for which
     this worker keeps what the chip's write task would read again (`chipcache`: an S3
-    chip's object, a small chip's pixels); None for a scan that nothing follows. Never
+    chip's object); None for a scan that nothing follows. Never
     raises for a bad chip: the problem is returned in `errors`.
     """
     scan = AoiScan()
@@ -89,7 +89,6 @@ def scan_chip(
         scan.errors[chip.chip_id] = chip.problem
         return scan
     keeps_copies = with_histogram and for_run is not None
-    keeps_pixels = keeps_copies and chipcache.keeps_pixels(chip.image_bytes)
 
     def keep_here() -> None:
         address = chipcache.worker_address()
@@ -113,15 +112,10 @@ def scan_chip(
         try:
             if not with_histogram:
                 return reader.read_header(chip.image, bands), None
-            header, data = reader.read_bands(chip.image, bands, all_bands=keeps_pixels)
+            header, data = reader.read_bands(chip.image, bands)
         except TooFewBandsError as exc:
             scan.band_counts[chip.chip_id] = exc.count
             raise
-        if keeps_pixels:
-            assert for_run is not None
-            if chipcache.keep_pixels(chip.image, for_run, header, data):
-                keep_here()
-            data = data[band_indexes(bands)]
         nodata = [header.nodata[b - 1] for b in bands] if use_nodata else None
         hist = band_histograms(data, nodata)
         if hist.shape[1] != UINT16_BINS:  # uint8 chip: pad to the common bin count

@@ -1,12 +1,6 @@
-"""Worker-local copies of chips between the scan pass and the write pass.
+"""Worker-local copies of S3 chips between the scan pass and the write pass.
 
-Two kinds, both placed the same way (the scan records the worker in `AoiScan.cached_on`;
-the write task prefers that worker) and both a saving, never a requirement:
-- S3 chips: a copy of the object on the worker's disk (below);
-- small chips (`keeps_pixels`), wherever they are stored: their decoded pixels in the
-  worker's memory (`keep_pixels`, `take_pixels`), so such a chip is decoded once.
-
-S3 copies: without them every byte of an `s3://` chip crosses the network twice: the scan reads it for
+Without them every byte of an `s3://` chip crosses the network twice: the scan reads it for
 the AOI histograms, the write task reads it again for the RGB and the masks. With them the
 scan downloads each chip once (one GET) into this worker's local directory and reads it
 there; the write task, which the graph places on that worker (`dask.annotate`, other
@@ -39,15 +33,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import dask.config
-import numpy as np
 
 from sn5dask import files
-
-if TYPE_CHECKING:
-    from sn5dask.raster import ChipHeader
 
 CONFIG_KEY = "sn5dask.chip-cache-bytes"
 DEFAULT_MAX_BYTES = 8 * 2**30
@@ -143,14 +132,14 @@ def evict(key: CopyKey) -> None:
 
 
 def drop_run(run: str) -> int:
-    """Remove everything `run` kept on this worker (S3 copies and small chips' pixels)
-    that its write pass did not use; the number of chips removed. Called on every worker
+    """Remove every S3 copy `run` kept on this worker that its write pass did not use; the
+    number of copies removed. Called on every worker
     when the run's write pass ends, so nothing a run kept outlives it."""
     with _lock:
         stale = [key for key in _copies if key.run == run]
         for key in stale:
             _remove_copy(key)
-    return len(stale) + drop_pixels(run)
+    return len(stale)
 
 
 def _remove_copy(key: CopyKey) -> None:
@@ -183,80 +172,3 @@ def _folder() -> str:
     folder = os.path.join(base, "sn5dask-chip-cache")
     os.makedirs(folder, exist_ok=True)
     return folder
-
-
-# -- decoded pixels of small chips ---------------------------------------------------------
-#
-# A 64 px chip costs more to open than to decode: reading it a second time in the write
-# pass was a tenth of its worker CPU (benchmarks/README.md). The scan keeps the pixels of
-# such a chip in memory; its write task takes them (and so frees them) instead of reading
-# the file again. Bounded per process by `sn5dask.pixel-cache-bytes` (dask config, default
-# 128 MiB); only chips whose file is at most `SMALL_CHIP_BYTES` (a SpaceNet chip, 27 MB,
-# never is) and whose pixels are at most that too. Entries belong to one run (its token):
-# the run removes what its write pass did not take (`drop_pixels`), and a run that finds
-# the budget full first drops what other runs left behind.
-
-PIXELS_CONFIG_KEY = "sn5dask.pixel-cache-bytes"
-DEFAULT_PIXELS_MAX_BYTES = 128 * 2**20
-SMALL_CHIP_BYTES = 2**20
-
-_pixels: dict[str, tuple[str, ChipHeader, np.ndarray]] = {}  # URL -> (run, header, pixels)
-_pixels_bytes = 0  # the sum of the kept arrays' nbytes
-
-
-def keeps_pixels(image_bytes: int | None) -> bool:
-    """Whether the scan should keep the pixels of a chip whose file has `image_bytes`."""
-    if image_bytes is None or image_bytes > SMALL_CHIP_BYTES:
-        return False
-    return int(dask.config.get(PIXELS_CONFIG_KEY, DEFAULT_PIXELS_MAX_BYTES)) > 0
-
-
-def keep_pixels(url: str, run: str, header: ChipHeader, pixels: np.ndarray) -> bool:
-    """Keep a chip's pixels (every band) for the write pass of `run`; False when they do
-    not fit (then the write task reads the chip again)."""
-    limit = int(dask.config.get(PIXELS_CONFIG_KEY, DEFAULT_PIXELS_MAX_BYTES))
-    if pixels.nbytes > min(limit, SMALL_CHIP_BYTES):
-        return False
-    with _lock:
-        _pop_pixels(url)
-        if _pixels_bytes + pixels.nbytes > limit:
-            for other in [key for key, entry in _pixels.items() if entry[0] != run]:
-                _pop_pixels(other)
-        if _pixels_bytes + pixels.nbytes > limit:
-            return False
-        _put_pixels(url, (run, header, pixels))
-    return True
-
-
-def take_pixels(url: str, run: str) -> tuple[ChipHeader, np.ndarray] | None:
-    """The header and pixels (every band) the scan of `run` kept for `url`, removed from
-    the cache; None when there are none."""
-    with _lock:
-        entry = _pixels.get(url)
-        if entry is None or entry[0] != run:
-            return None
-        _pop_pixels(url)
-    return entry[1], entry[2]
-
-
-def drop_pixels(run: str) -> int:
-    """Remove what `run` kept and its write pass did not take (chips done before a resume,
-    tasks that ran on another worker); the number of chips removed."""
-    with _lock:
-        stale = [key for key, entry in _pixels.items() if entry[0] == run]
-        for key in stale:
-            _pop_pixels(key)
-    return len(stale)
-
-
-def _put_pixels(url: str, entry: tuple[str, ChipHeader, np.ndarray]) -> None:
-    global _pixels_bytes
-    _pixels[url] = entry
-    _pixels_bytes += entry[2].nbytes
-
-
-def _pop_pixels(url: str) -> None:
-    global _pixels_bytes
-    entry = _pixels.pop(url, None)
-    if entry is not None:
-        _pixels_bytes -= entry[2].nbytes

@@ -146,13 +146,8 @@ def _process(
     with_masks = bool(config.masks) and chip.label is not None
 
     started = time.perf_counter()
-    kept = chipcache.take_pixels(chip.image, job.run_token)  # a small chip the scan kept
-    if kept is not None:
-        header, image = kept  # every band
-    else:
-        header, image = job.reader.read_bands(chip.image, config.bands, all_bands=with_masks)
-    all_bands = with_masks or kept is not None
-    selected = image[band_indexes(config.bands)] if all_bands else image
+    header, image = job.reader.read_bands(chip.image, config.bands, all_bands=with_masks)
+    selected = image[band_indexes(config.bands)] if with_masks else image
     timings["read"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -24,7 +24,7 @@ chunks at its own index, so no write locks are needed.
 
 from __future__ import annotations
 
-import asyncio
+import os
 import re
 import threading
 import warnings
@@ -35,11 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
-from numcodecs import Zstd
-from zarr.codecs import BytesCodec, ZstdCodec
-from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
-from zarr.core.metadata import ArrayV3Metadata
-from zarr.core.sync import sync as zarr_sync
+from zarr.codecs import ZstdCodec
 
 from sn5dask import files
 from sn5dask.config import MASK_KINDS
@@ -56,7 +52,7 @@ DATA_CODECS = (ZstdCodec(level=1),)
 # (0.4-0.9 ms of CPU per small chip, benchmarks/README.md). Both are Zarr v3's
 # default encoding; stores written with "/" (sn5dask before 2026-12) are still read,
 # resumed and validated with their own keys.
-DATA_CHUNK_KEYS = DefaultChunkKeyEncoding(separator=".")
+DATA_CHUNK_KEYS: dict[str, Any] = {"name": "default", "separator": "."}
 
 
 def _open(url: str, mode: Literal["r", "r+", "w"]) -> zarr.Group:
@@ -186,9 +182,17 @@ def _coordinate(
 
 def chunk_relpath(name: str, array: zarr.Array, index: int) -> str:
     """Path, relative to the store, of chip `index`'s one chunk of data array `name`, by
-    the array's own chunk key encoding (every non-chip dimension is a single chunk)."""
-    coords = (index,) + (0,) * (array.ndim - 1)
-    return f"{name}/{array.metadata.encode_chunk_key(coords)}"
+    the array's own chunk key encoding as the Zarr v3 specification defines it (every
+    non-chip dimension is a single chunk): `c.<i>.0.0.0` or `c/<i>/0/0/0`."""
+    described = array.metadata.to_dict().get("chunk_key_encoding")
+    encoding: dict[str, Any] = dict(described) if isinstance(described, Mapping) else {}
+    configuration = encoding.get("configuration")
+    configuration = dict(configuration) if isinstance(configuration, Mapping) else {}
+    separator = str(configuration.get("separator", "/"))
+    if encoding.get("name", "default") != "default":  # v2-style keys: no "c" prefix, "." by default
+        separator = str(configuration.get("separator", "."))
+        return f"{name}/" + separator.join(str(i) for i in (index,) + (0,) * (array.ndim - 1))
+    return f"{name}/c{separator}" + separator.join(str(i) for i in (index,) + (0,) * (array.ndim - 1))
 
 
 def data_arrays(url: str) -> dict[str, zarr.Array]:
@@ -249,31 +253,21 @@ def write_chip(
     instead of reading the store's metadata again for every chip. Without a token the
     store is opened afresh.
 
-    In a local store each chunk is encoded with the array's own codecs (bytes + Zstandard,
-    numcodecs underneath, as zarr does) and written atomically (`.partial`, fsync,
-    rename), like every other output: a killed run never leaves a truncated chunk for the
-    resume check to trust. zarr's own writes are not atomic, and for a small chip its
-    event loop cost more than the chip's pixels (benchmarks/README.md). S3 stores, and
-    any array whose codecs are not sn5dask's, are written through zarr (one concurrent
-    pass for the chip's chunks; an S3 PUT is atomic).
+    Each array's chunk is written through zarr's public API (`array[index] = chunk`,
+    with `write_empty_chunks` so an all-zero mask is a chunk too: its existence is the
+    resume check's evidence). In a local store the chunk files are then fsynced, with
+    their folders, as every other output is; the manifest records the chip only after
+    this returns, so a chunk cut short by a crash is never trusted (the chip is redone).
     """
     store = _store(url, run_token) if run_token else _open_store(url)
-    chunks = {
-        name: _padded(array, rgb if name == "rgb" else masks.get(name.removeprefix("mask_")))
-        for name, array in store.arrays.items()
-    }
-    if store.direct:
-        for name, chunk in chunks.items():
-            key = chunk_relpath(name, store.arrays[name], index)
-            files.write_bytes_atomic(f"{url.rstrip('/')}/{key}", store.direct[name].encode(chunk))
-        return
-
-    async def write_all() -> None:
-        await asyncio.gather(
-            *(store.arrays[name]._async_array.setitem(index, chunk) for name, chunk in chunks.items())
-        )
-
-    zarr_sync(write_all())
+    for name, array in store.arrays.items():
+        array[index] = _padded(array, rgb if name == "rgb" else masks.get(name.removeprefix("mask_")))
+    if files.is_local(url):
+        written = [os.path.join(url, chunk_relpath(name, array, index)) for name, array in store.arrays.items()]
+        for path in written:
+            files.fsync_file(path)
+        for folder in dict.fromkeys(os.path.dirname(path) for path in written):
+            files.fsync_folder(folder)
 
 
 def _padded(array: zarr.Array, data: np.ndarray | None) -> np.ndarray:
@@ -289,11 +283,9 @@ def _padded(array: zarr.Array, data: np.ndarray | None) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _OpenStore:
-    """A store's data arrays (`rgb`, `mask_<kind>`), and for a local store whose arrays
-    all have sn5dask's layout, each array's chunk encoder (else `direct` is empty)."""
+    """A store's data arrays (`rgb`, `mask_<kind>`), open to write every chunk."""
 
     arrays: dict[str, zarr.Array]
-    direct: dict[str, Zstd]
 
 
 #: Per process: (store URL, run token) -> the open store, opened once per run.
@@ -326,28 +318,4 @@ def _open_store(url: str) -> _OpenStore:
     if "rgb" not in members:
         raise FileNotFoundError(f"{url}: no rgb array: not an sn5dask Zarr store")
     names = ["rgb", *(f"mask_{kind}" for kind in MASK_KINDS)]
-    arrays = {name: members[name] for name in names if name in members}
-    encoders = {name: _chunk_encoder(array) for name, array in arrays.items()}
-    direct = {n: e for n, e in encoders.items() if e is not None}
-    if not files.is_local(url) or len(direct) != len(arrays):
-        direct = {}
-    return _OpenStore(arrays, direct)
-
-
-def _chunk_encoder(array: zarr.Array) -> Zstd | None:
-    """The encoder of `array`'s chunks when its layout is the one `create_store` makes
-    (Zarr v3, one chunk per chip, default chunk keys with either separator, bytes +
-    Zstandard, uint8); else None."""
-    metadata = array.metadata
-    if not isinstance(metadata, ArrayV3Metadata) or array.dtype != np.uint8:
-        return None
-    codecs = metadata.codecs
-    if not (
-        isinstance(metadata.chunk_key_encoding, DefaultChunkKeyEncoding)
-        and tuple(array.chunks) == (1, *array.shape[1:])
-        and len(codecs) == 2
-        and isinstance(codecs[0], BytesCodec)
-        and isinstance(codecs[1], ZstdCodec)
-    ):
-        return None
-    return Zstd(level=codecs[1].level, checksum=codecs[1].checksum)
+    return _OpenStore({name: members[name] for name in names if name in members})

@@ -312,7 +312,6 @@ def test_a_store_with_nested_chunk_keys_resumes_in_its_own_layout(client, tmp_pa
     """Stores made before chunk keys had "." separators (`rgb/c/0/0/0/0`) resume as they
     are: their chunks count as written, and a lost one is written again under the store's
     own key, not the new one."""
-    from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 
     from sn5dask import zarrstore
     from sn5dask.synthetic import make_synthetic_aoi
@@ -320,7 +319,7 @@ def test_a_store_with_nested_chunk_keys_resumes_in_its_own_layout(client, tmp_pa
     aoi = make_synthetic_aoi(tmp_path / "root", n_chips=4, size=64, seed=11)
     out = tmp_path / "out"
     config = load_config(None, root=str(aoi.root), out=str(out))
-    monkeypatch.setattr(zarrstore, "DATA_CHUNK_KEYS", DefaultChunkKeyEncoding(separator="/"))
+    monkeypatch.setattr(zarrstore, "DATA_CHUNK_KEYS", {"name": "default", "separator": "/"})
     assert sn5dask.run(config, client=client).exit_code == 0  # the client creates the store
     monkeypatch.undo()
     store = out / "AOI_99_Synthetic" / "AOI_99_Synthetic.zarr"

@@ -202,20 +202,16 @@ def served_per_chip(small_aoi, s3_env, tmp_path, bucket: str, extra_env: dict[st
 
 
 def test_each_s3_byte_crosses_the_network_once(small_aoi, s3_env, tmp_path) -> None:
-    """The scan copies each chip to its worker; the write task runs there and reads it.
-    These chips are small, so the scan also keeps their pixels: each cache alone is enough."""
+    """The scan copies each chip to its worker; the write task runs there and reads it."""
     once = served_per_chip(small_aoi, s3_env, tmp_path, "once", {})
     assert all(0.99 <= r <= 1.05 for r in once), once
-    pixels_only = served_per_chip(small_aoi, s3_env, tmp_path, "pixels", {"DASK_SN5DASK__CHIP_CACHE_BYTES": "0"})
-    assert all(0.99 <= r <= 1.05 for r in pixels_only), pixels_only
-    # Without either, both passes read S3. GDAL's own in-process cache would spare the
+    # Without the copies both passes read S3. GDAL's own in-process cache would spare the
     # second read when one worker happens to do both passes of a small chip (never for a
     # 27 MB SpaceNet chip: the cache holds 16 MB), so it is off here to make that certain.
-    no_copies = {"DASK_SN5DASK__CHIP_CACHE_BYTES": "0", "DASK_SN5DASK__PIXEL_CACHE_BYTES": "0",
-                 "CPL_VSIL_CURL_NON_CACHED": "/vsis3/twice"}
+    no_copies = {"DASK_SN5DASK__CHIP_CACHE_BYTES": "0", "CPL_VSIL_CURL_NON_CACHED": "/vsis3/twice"}
     twice = served_per_chip(small_aoi, s3_env, tmp_path, "twice", no_copies)
     assert all(r >= 1.9 for r in twice), twice
-    for name in ("pixels", "twice"):  # the outputs are the same either way
+    for name in ("twice",):  # the outputs are the same either way
         for rgb in sorted((tmp_path / "once" / AOI / "PS-RGB").glob("*.tif")):
             twin = tmp_path / name / AOI / "PS-RGB" / rgb.name
             assert np.array_equal(rasterio.open(rgb).read(), rasterio.open(twin).read())
@@ -230,8 +226,7 @@ def test_a_long_lived_cluster_never_reads_a_replaced_object_from_an_old_copy(tmp
     old = make_synthetic_aoi(tmp_path / "old", n_chips=4, size=96, seed=3, with_edge_cases=False)
     new = make_synthetic_aoi(tmp_path / "new", n_chips=4, size=96, seed=5, with_edge_cases=False)
     upload(s3_env, old.root, "replaced", "in")
-    # Pixel cache off: these chips are small, and the S3 copies are what is tested here.
-    env = {**s3_env, "DASK_SN5DASK__PIXEL_CACHE_BYTES": "0"}
+    env = s3_env
     with real_cluster(1, env=env) as cluster:
         def run(out: Path, *extra: str) -> str:
             process = sn5dask_cli("run", "s3://replaced/in", "--out", out, "--scheduler",
