@@ -16,6 +16,7 @@ import rasterio
 
 import sn5dask
 from sn5dask.config import load_config
+from sn5dask.lock import RunLock
 from tests.procs import kill_group, real_cluster, sn5dask_cli
 
 pytestmark = pytest.mark.slow
@@ -114,7 +115,8 @@ def test_the_whole_run_killed_then_resumed(big_aoi, clean_run, tmp_path, sig) ->
     resumed = sn5dask_cli("run", big_aoi.root, "--out", tmp_path, "--workers", "2")
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
-    assert not list(tmp_path.rglob("*.partial")) and not (tmp_path / AOI / ".sn5dask.lock").exists()
+    assert not list(tmp_path.rglob("*.partial"))
+    RunLock(str(tmp_path / AOI / ".sn5dask.lock")).check_free()  # the killed run's lock died with it
     assert snapshot(tmp_path) == clean_run
     if sig == signal.SIGINT:
         assert manifest.exists(), "Ctrl-C must leave a manifest of the chips already done"
