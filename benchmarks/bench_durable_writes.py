@@ -1,5 +1,5 @@
 """Making a chip task's small outputs durable: each written on its own (fsync, rename, fsync
-of the folder) against written together (`sn5dask.files.committed_together`: every file
+of the folder) against written together (`sn5dask.io.files.committed_together`: every file
 fsynced, then all renamed, then each folder fsynced once). Prints CPU and wall ms per task.
 
     python benchmarks/bench_durable_writes.py [--tasks 300] [--files 10] [--size 3000]
@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import time
 
-from sn5dask import files
+from sn5dask.io import files
 
 
 def time_tasks(folder: str, tasks: int, per_task: int, data: bytes, together: bool) -> tuple[float, float]:

@@ -7,9 +7,9 @@ mask burn on it, then times, interleaved in one process:
 - reading bands 5,3,2 alone vs all 8 bands (then selecting 5,3,2);
 - GeoTIFF encoding of the RGB and of the four masks with DEFLATE levels, ZSTD, LZW, none,
   and RGB tile sizes, each with its encoded size;
-- one chip's Zarr region write (`sn5dask.zarrstore.write_chip`).
-These are the measurements behind the codec settings in `sn5dask/raster.py` and
-`sn5dask/zarrstore.py` (benchmarks/README.md).
+- one chip's Zarr region write (`sn5dask.io.zarrstore.write_chip`).
+These are the measurements behind the codec settings in `sn5dask/io/raster.py` and
+`sn5dask/io/zarrstore.py` (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
 
-from sn5dask import zarrstore as store
-from sn5dask.labels import parse_road_labels
-from sn5dask.masks import MASK_KINDS, burn_chip_masks
-from sn5dask.raster import ChipHeader, read_chip
-from sn5dask.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
+from sn5dask.io import zarrstore as store
+from sn5dask.core.labels import parse_road_labels
+from sn5dask.core.masks import MASK_KINDS, burn_chip_masks
+from sn5dask.io.raster import ChipHeader, read_chip
+from sn5dask.core.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
 from sn5dask.synthetic import make_synthetic_aoi
 
 BANDS = (5, 3, 2)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import rasterio
 
-from sn5dask.raster import gdal_options, read_header
+from sn5dask.io.raster import gdal_options, read_header
 from sn5dask.synthetic import make_synthetic_aoi
 
 

@@ -22,9 +22,9 @@ import rasterio
 import shapely
 from rasterio.features import rasterize
 
-from sn5dask.labels import parse_road_labels
-from sn5dask.masks import burn_chip_masks, reproject_geometries, utm_crs_containing
-from sn5dask.raster import read_header
+from sn5dask.core.labels import parse_road_labels
+from sn5dask.core.masks import burn_chip_masks, reproject_geometries, utm_crs_containing
+from sn5dask.io.raster import read_header
 from sn5dask.synthetic import make_synthetic_aoi
 
 

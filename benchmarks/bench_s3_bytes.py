@@ -2,7 +2,7 @@
 
 A moto S3 server on 127.0.0.1 behind a counting proxy (both from tests/procs.py) serves a
 synthetic AOI; `sn5dask run` reads it with 2 workers, once with the worker-local chip
-copies (`sn5dask.chipcache`, the default) and once without them
+copies (`sn5dask.io.chipcache`, the default) and once without them
 (`DASK_SN5DASK__CHIP_CACHE_BYTES=0`). Prints, per run, the bytes served for each chip's
 image over the image's size (min / median / max) and the wall time.
 

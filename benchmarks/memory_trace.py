@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 import sn5dask
-from sn5dask.cluster import get_client
+from sn5dask.runner.cluster import get_client
 from sn5dask.config import load_config
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import rasterio
 from rasterio.features import rasterize
 
-from sn5dask.stretch import percentiles_from_histogram
+from sn5dask.core.stretch import percentiles_from_histogram
 
 BANDS = [5, 3, 2]
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import psutil
 
 import sn5dask  # noqa: E402
-from sn5dask.cluster import get_client  # noqa: E402
+from sn5dask.runner.cluster import get_client  # noqa: E402
 from sn5dask.config import load_config  # noqa: E402
 from sn5dask.synthetic import SYNTHETIC_AOI, make_synthetic_aoi  # noqa: E402
 
@@ -57,7 +57,7 @@ def make_data(data_dir: Path, n_chips: int) -> Path:
 
 
 def _worker_stats() -> dict:
-    from sn5dask import raster
+    from sn5dask.io import raster
 
     process = psutil.Process()
     cpu = process.cpu_times()

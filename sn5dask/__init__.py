@@ -5,7 +5,7 @@ Public API: `run`, `open_aoi`, `open_store`, `chip_dataarray`, `aoi_percentiles`
 exception base `Sn5daskError`.
 
 The names are imported on first use (PEP 562): a dask worker that unpickles a task from
-`sn5dask.chiptask` then imports only what that task needs, not xarray and the whole API
+`sn5dask.runner.chiptask` then imports only what that task needs, not xarray and the whole API
 (measured: 1.15 s of imports per worker before, on the critical path of every run).
 """
 
@@ -21,23 +21,23 @@ _EXPORTS = {
     "aoi_histograms": "sn5dask.api",
     "aoi_percentiles": "sn5dask.api",
     "burn_masks": "sn5dask.api",
-    "chip_dataarray": "sn5dask.aoiarray",
-    "open_aoi": "sn5dask.aoiarray",
-    "open_store": "sn5dask.aoiarray",
-    "run": "sn5dask.pipeline",
-    "band_cut": "sn5dask.stretch",
-    "stretch_to_uint8": "sn5dask.stretch",
+    "chip_dataarray": "sn5dask.runner.aoiarray",
+    "open_aoi": "sn5dask.runner.aoiarray",
+    "open_store": "sn5dask.runner.aoiarray",
+    "run": "sn5dask.runner.pipeline",
+    "band_cut": "sn5dask.core.stretch",
+    "stretch_to_uint8": "sn5dask.core.stretch",
     "show_versions": "sn5dask.versions",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from sn5dask.aoiarray import chip_dataarray, open_aoi, open_store
+    from sn5dask.runner.aoiarray import chip_dataarray, open_aoi, open_store
     from sn5dask.api import aoi_histograms, aoi_percentiles, burn_masks
     from sn5dask.config import RunConfig, load_config
     from sn5dask.errors import Sn5daskError
-    from sn5dask.pipeline import run
-    from sn5dask.stretch import band_cut, stretch_to_uint8
+    from sn5dask.runner.pipeline import run
+    from sn5dask.core.stretch import band_cut, stretch_to_uint8
     from sn5dask.versions import show_versions
 
 

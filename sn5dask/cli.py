@@ -29,9 +29,9 @@ from rich.table import Table
 from sn5dask.errors import ConfigError, LockError, ParamsChangedError, Sn5daskError
 
 if TYPE_CHECKING:  # the CLI imports the pipeline only when a command runs it
-    from sn5dask.chiptask import ChipResult
+    from sn5dask.runner.chiptask import ChipResult
     from sn5dask.config import RunConfig
-    from sn5dask.pipeline import AoiSummary, RunSummary
+    from sn5dask.runner.pipeline import AoiSummary, RunSummary
 
 app = typer.Typer(
     add_completion=False,
@@ -153,14 +153,14 @@ def run(
         )  # fmt: skip
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-    from sn5dask.forkserver import prepare_local_workers
+    from sn5dask.runner.forkserver import prepare_local_workers
 
     prepare_local_workers(cfg.scheduler)  # the workers' imports overlap with the client's
     raise typer.Exit(_run_and_report(cfg))
 
 
 def _run_and_report(cfg: RunConfig) -> int:
-    from sn5dask.pipeline import run as run_pipeline
+    from sn5dask.runner.pipeline import run as run_pipeline
 
     reporter = RichReporter()
     started = time.perf_counter()
@@ -230,11 +230,11 @@ def demo(
 ) -> None:
     """Generate a synthetic AOI (reused when already there and intact) and run the whole
     job on it on a LocalCluster."""
-    from sn5dask.forkserver import prepare_local_workers
+    from sn5dask.runner.forkserver import prepare_local_workers
     from sn5dask.config import load_config
     from sn5dask.synthetic import ensure_synthetic_aoi
 
-    from sn5dask.files import normalise_location
+    from sn5dask.io.files import normalise_location
 
     _setup_logging(False)
     out = Path(normalise_location(out))
@@ -280,7 +280,7 @@ def stats(
 ) -> None:
     """Exact AOI-wide percentiles per band (from per-chip histograms)."""
     from sn5dask.api import aoi_percentiles
-    from sn5dask.cluster import get_client
+    from sn5dask.runner.cluster import get_client
     from sn5dask.config import load_config
 
     _setup_logging(False)
@@ -315,7 +315,7 @@ def stats(
 @app.command()
 def validate(out: Annotated[str, typer.Argument(help="An sn5dask output folder or s3:// URL")]) -> None:
     """Check every output against the manifest and the source georeferencing."""
-    from sn5dask.validate import validate_output
+    from sn5dask.outputs.validate import validate_output
 
     _setup_logging(False)
     try:

@@ -17,11 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sn5dask.errors import ConfigError
-from sn5dask.profiles import Profile, get_profile
+from sn5dask.core.encodings import COMPRESSIONS, MASK_KINDS
+from sn5dask.core.profiles import Profile, get_profile
 
-MASK_KINDS = ("binary", "continuous", "binned", "multichannel")
 FORMATS = ("geotiff", "zarr")
-COMPRESSIONS = ("deflate", "zstd", "lzw", "none")
 
 
 def _split(value: Any) -> Any:
@@ -65,7 +64,7 @@ class RunConfig(BaseModel):
     @field_validator("root", "out")
     @classmethod
     def _normalised(cls, value: str) -> str:
-        from sn5dask.files import normalise_location
+        from sn5dask.io.files import normalise_location
 
         return normalise_location(value)
 
@@ -86,7 +85,7 @@ class RunConfig(BaseModel):
     @field_validator("aois")
     @classmethod
     def _aoi_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from sn5dask.layout import sanitise
+        from sn5dask.core.names import sanitise
 
         for name in value:
             if sanitise(name) != name:

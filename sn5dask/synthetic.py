@@ -27,7 +27,7 @@ import rasterio
 from affine import Affine
 from pyproj import CRS, Transformer
 
-from sn5dask.speed import MPS_PER_MPH
+from sn5dask.core.speed import MPS_PER_MPH
 
 SYNTHETIC_AOI = "AOI_99_Synthetic"
 #: Centre of the synthetic city (lon, lat): Moscow, so the UTM variant is EPSG:32637.

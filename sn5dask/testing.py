@@ -26,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from sn5dask.catalog import AoiCatalog, ChipRecord, chip_id_from_name
+from sn5dask.io.catalog import AoiCatalog, ChipRecord, chip_id_from_name
 from sn5dask.errors import ImageError, TooFewBandsError
-from sn5dask.layout import output_name
-from sn5dask.raster import SUPPORTED_DTYPES, ChipHeader
+from sn5dask.outputs.layout import output_name
+from sn5dask.core.grid import ChipHeader
+from sn5dask.io.raster import SUPPORTED_DTYPES
 
 _LOCK = threading.Lock()
 _MEMORY: dict[str, dict[str, Any]] = {}

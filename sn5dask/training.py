@@ -21,12 +21,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sn5dask import files
-from sn5dask.chipio import FileWriter, read_json
+from sn5dask.io import files
+from sn5dask.io.chipio import FileWriter, read_json
 from sn5dask.errors import Sn5daskError
-from sn5dask.layout import AoiLayout, layouts_under, output_name
-from sn5dask.manifest import Manifest
-from sn5dask.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS
+from sn5dask.outputs.layout import AoiLayout, layouts_under, output_name
+from sn5dask.outputs.manifest import Manifest
+from sn5dask.core.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS
 
 MaskKind = Literal["binary", "continuous", "binned", "multichannel"]
 
@@ -108,7 +108,7 @@ class ChipDataset:
                 "fold": item.fold}  # fmt: skip
 
     def _read_zarr(self, item: ChipItem) -> tuple[np.ndarray, np.ndarray]:
-        from sn5dask.aoiarray import chip_dataarray, open_store
+        from sn5dask.runner.aoiarray import chip_dataarray, open_store
 
         url = item.layout.zarr_url
         if url not in self._stores:  # opened once per process (metadata only)
@@ -169,7 +169,7 @@ def _listed_chips(layout: AoiLayout) -> list[ChipItem]:
 def _read_geotiff(url: str) -> np.ndarray:
     import rasterio
 
-    from sn5dask.raster import gdal_env, gdal_path
+    from sn5dask.io.raster import gdal_env, gdal_path
 
     with gdal_env(url), rasterio.open(gdal_path(url)) as src:
         return src.read()

@@ -246,7 +246,7 @@ def lock_held_elsewhere(url: str) -> Iterator[subprocess.Popen]:
     """Another process of this host holds the sn5dask run lock at `url` until the block
     ends (it is then SIGKILLed, as a run that dies would be)."""
     process = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom sn5dask.lock import RunLock\n"
+        [sys.executable, "-c", "import sys, time\nfrom sn5dask.io.lock import RunLock\n"
          "lock = RunLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)", url],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -10,7 +10,7 @@ import rasterio
 
 import sn5dask
 from sn5dask.config import load_config
-from sn5dask.stretch import band_cut, stretch_to_uint8
+from sn5dask.core.stretch import band_cut, stretch_to_uint8
 from tests.conftest import REFDATA
 
 APLS_CHIP = REFDATA / "apls" / "data" / "images" / "RGB-PanSharpen_AOI_2_Vegas_img0.tif"

@@ -1,4 +1,4 @@
-"""sn5dask.catalog: naming rules on real SpaceNet ids, discovery, pairing, problems."""
+"""sn5dask.io.catalog: naming rules on real SpaceNet ids, discovery, pairing, problems."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sn5dask.catalog import (
+from sn5dask.io.catalog import (
     AOI_NAME_RE,
     CHIP_ID_RE,
     aoi_from_name,

@@ -1,4 +1,4 @@
-"""sn5dask.chipcache: S3 copies only for a scan that a write pass follows, read only by
+"""sn5dask.io.chipcache: S3 copies only for a scan that a write pass follows, read only by
 the run that made them for the object it listed, and removed with the run."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from sn5dask import chipcache
+from sn5dask.io import chipcache
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def test_only_a_scan_that_a_write_pass_follows_keeps_copies(monkeypatch) -> None
     make no S3 copies (nothing would ever take them)."""
     from dataclasses import replace
 
-    from sn5dask.aoistats import scan_chip
+    from sn5dask.runner.aoistats import scan_chip
     from sn5dask.testing import fake_aoi
 
     fetched: list[chipcache.CopyKey] = []
@@ -44,7 +44,7 @@ def test_a_copy_is_read_only_by_its_own_run_for_the_listed_object(monkeypatch, t
     that made it, the URL and the listed stamp. Another run, another stamp (the object
     replaced since) or a read outside a chip task never gets it, and `drop_run` removes
     it with the run."""
-    from sn5dask import files
+    from sn5dask.io import files
 
     url = "s3://bucket/chip0.tif"
     served = {url: b"old bytes!"}

@@ -1,4 +1,4 @@
-"""sn5dask.chiptask in-process, through the fakes of sn5dask.testing: every output a chip
+"""sn5dask.runner.chiptask in-process, through the fakes of sn5dask.testing: every output a chip
 task writes is checked against the pure functions, and every failure path is recorded."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
-from sn5dask.chiptask import ChipJob, process_chip
+from sn5dask.runner.chiptask import ChipJob, process_chip
 from sn5dask.config import load_config
 from sn5dask.errors import ImageError
-from sn5dask.labels import parse_road_labels
-from sn5dask.layout import AoiLayout
-from sn5dask.masks import burn_chip_masks
-from sn5dask.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
+from sn5dask.core.labels import parse_road_labels
+from sn5dask.outputs.layout import AoiLayout
+from sn5dask.core.masks import burn_chip_masks
+from sn5dask.core.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
 from sn5dask.testing import FakeGeoTiff, MemoryWriter, fake_aoi
 
 AOI = "AOI_98_Fake"
@@ -169,9 +169,9 @@ def test_a_batch_whose_outputs_cannot_be_flushed_fails_each_chip_and_names_none(
     the batch is reported failed with the reason."""
     import errno
 
-    from sn5dask import files
-    from sn5dask.chipio import FileWriter
-    from sn5dask.chiptask import process_chip_batch
+    from sn5dask.io import files
+    from sn5dask.io.chipio import FileWriter
+    from sn5dask.runner.chiptask import process_chip_batch
 
     config = load_config(None, root="mem://", out=str(tmp_path))
     job = ChipJob(config, AoiLayout(str(tmp_path), AOI), CUTS, False, fake.reader, FileWriter())

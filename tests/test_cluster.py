@@ -1,4 +1,4 @@
-"""sn5dask.cluster: scheduler address resolution and the worker environment sn5dask sets."""
+"""sn5dask.runner.cluster: scheduler address resolution and the worker environment sn5dask sets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dask
 import distributed  # noqa: F401  # its defaults in dask config before any dask.config.set below
 import pytest
 
-from sn5dask.forkserver import scheduler_address, worker_environment_overrides
+from sn5dask.runner.forkserver import scheduler_address, worker_environment_overrides
 
 KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
@@ -35,15 +35,15 @@ def _worker_state() -> dict[str, bool]:
     import sys
 
     utm_table = False
-    if "sn5dask.masks" in sys.modules:
+    if "sn5dask.core.masks" in sys.modules:
         # (an import statement, not sys.modules: it waits while the warm-up task is still
         # importing the module in the worker's task thread)
-        import sn5dask.masks
+        import sn5dask.core.masks
 
-        utm_table = sn5dask.masks._wgs84_utm_zones.cache_info().currsize == 1
+        utm_table = sn5dask.core.masks._wgs84_utm_zones.cache_info().currsize == 1
     return {
-        "chiptask": "sn5dask.chiptask" in sys.modules,
-        "aoistats": "sn5dask.aoistats" in sys.modules,
+        "chiptask": "sn5dask.runner.chiptask" in sys.modules,
+        "aoistats": "sn5dask.runner.aoistats" in sys.modules,
         "utm_table": utm_table,
         "zarr": "zarr" in sys.modules,
     }
@@ -62,8 +62,8 @@ def _wait_for_utm_table(client, timeout_s: float = 60) -> dict:  # noqa: ANN001
 
 @pytest.mark.slow
 def test_warm_up_prepares_every_spawned_worker_without_zarr() -> None:
-    from sn5dask.cluster import get_client, warm_up_workers
-    from sn5dask.forkserver import START_METHOD_KEY
+    from sn5dask.runner.cluster import get_client, warm_up_workers
+    from sn5dask.runner.forkserver import START_METHOD_KEY
 
     with dask.config.set({START_METHOD_KEY: "spawn"}), get_client(workers=2) as client:
         assert not any(s["chiptask"] for s in client.run(_worker_state).values())
@@ -80,7 +80,7 @@ def _process_facts() -> dict:
 
     return {
         "ppid": os.getppid(),
-        "chiptask": "sn5dask.chiptask" in sys.modules,
+        "chiptask": "sn5dask.runner.chiptask" in sys.modules,
         "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
     }
 
@@ -91,8 +91,8 @@ def test_local_workers_fork_from_a_single_threaded_server_with_the_task_code(
 ) -> None:
     import os
 
-    from sn5dask.cluster import get_client, warm_up_workers
-    from sn5dask.forkserver import worker_start_method
+    from sn5dask.runner.cluster import get_client, warm_up_workers
+    from sn5dask.runner.forkserver import worker_start_method
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     assert worker_start_method() == "forkserver"
@@ -119,7 +119,7 @@ def test_local_workers_fork_from_a_single_threaded_server_with_the_task_code(
 
 
 def test_worker_start_method_config() -> None:
-    from sn5dask.forkserver import START_METHOD_KEY, worker_start_method
+    from sn5dask.runner.forkserver import START_METHOD_KEY, worker_start_method
 
     with dask.config.set({START_METHOD_KEY: "spawn"}):
         assert worker_start_method() == "spawn"
@@ -137,8 +137,8 @@ def _environ_value(name: str) -> str | None:
 def test_forked_workers_see_variables_set_after_the_fork_server_started(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from sn5dask.cluster import get_client
-    from sn5dask.forkserver import start_worker_server
+    from sn5dask.runner.cluster import get_client
+    from sn5dask.runner.forkserver import start_worker_server
 
     start_worker_server()  # already running in this process, or started now
     monkeypatch.setenv("SN5DASK_TEST_LATE_VARIABLE", "set-after-the-server")
@@ -153,7 +153,7 @@ def test_a_killed_local_worker_is_forked_again_from_the_server() -> None:
     import signal
     import time
 
-    from sn5dask.cluster import get_client
+    from sn5dask.runner.cluster import get_client
 
     with get_client(workers=1) as client:
         ((first_address, first),) = client.run(_process_facts).items()
@@ -179,7 +179,7 @@ def test_starting_local_workers_leaves_the_callers_environment_alone(
     variable it did not have), while the workers still get one thread each."""
     import os
 
-    from sn5dask.cluster import get_client
+    from sn5dask.runner.cluster import get_client
 
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
@@ -199,7 +199,7 @@ def test_importing_the_config_imports_no_gdal_geos_or_proj() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, sn5dask.config, sn5dask.profiles, sn5dask.layout; "
+    code = ("import sys, sn5dask.config, sn5dask.core.profiles, sn5dask.outputs.layout; "
             "print(sorted(m for m in ('rasterio', 'shapely', 'pyproj', 'osgeo', 'odc.geo', 'zarr') "
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -213,7 +213,7 @@ def test_worker_environment_follows_the_users_dask_config() -> None:
     import subprocess
     import sys
 
-    code = "import sn5dask.forkserver as f\nprint(sorted(f.worker_process_environ().items()))\n"
+    code = "import sn5dask.runner.forkserver as f\nprint(sorted(f.worker_process_environ().items()))\n"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "OMP_", "MKL_", "MALLOC_"))}
     env["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"] = "{'MKL_NUM_THREADS': 3}"  # the user's config
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
@@ -232,7 +232,7 @@ def test_the_dask_dashboard_of_a_local_cluster_answers_on_loopback() -> None:
 
     code = (
         "import sys, json\n"
-        "from sn5dask.cluster import get_client\n"
+        "from sn5dask.runner.cluster import get_client\n"
         "if __name__ == '__main__':\n"
         "    with get_client(workers=1) as client:\n"
         "        print(json.dumps(client.dashboard_link), flush=True)\n"

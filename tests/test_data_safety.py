@@ -18,10 +18,10 @@ import rasterio
 from affine import Affine
 
 import sn5dask
-from sn5dask.catalog import discover
+from sn5dask.io.catalog import discover
 from sn5dask.config import load_config
 from sn5dask.errors import ConfigError, ParamsChangedError
-from sn5dask.layout import MAX_OUTPUT_NAME_BYTES, output_name
+from sn5dask.outputs.layout import MAX_OUTPUT_NAME_BYTES, output_name
 from tests.conftest import S02, write_tif
 from tests.procs import sn5dask_cli
 
@@ -120,8 +120,8 @@ def test_impossible_coordinates_never_reach_geos(tmp_path, coordinates, crs, pro
     label.write_text(json.dumps(document))
     code = f"""
 import json, sn5dask
-from sn5dask.labels import parse_road_labels
-from sn5dask.masks import burn_chip_masks
+from sn5dask.core.labels import parse_road_labels
+from sn5dask.core.masks import burn_chip_masks
 from sn5dask.api import to_grid
 labels = parse_road_labels(open({str(label)!r}).read(), "bad.geojson")
 warnings = list(labels.warnings)
@@ -241,8 +241,8 @@ def test_a_fifo_named_like_an_input_fails_its_chip_and_never_hangs(client, tmp_p
 # --- 5. exact masks for any label ---------------------------------------------------------
 
 def test_more_distinct_speeds_than_uint16_still_burn_exactly() -> None:
-    from sn5dask.labels import RoadLabels
-    from sn5dask.masks import burn_chip_masks
+    from sn5dask.core.labels import RoadLabels
+    from sn5dask.core.masks import burn_chip_masks
     from odc.geo.geobox import GeoBox
     import shapely
     from pyproj import CRS
@@ -313,7 +313,7 @@ def test_a_store_with_nested_chunk_keys_resumes_in_its_own_layout(client, tmp_pa
     are: their chunks count as written, and a lost one is written again under the store's
     own key, not the new one."""
 
-    from sn5dask import zarrstore
+    from sn5dask.io import zarrstore
     from sn5dask.synthetic import make_synthetic_aoi
 
     aoi = make_synthetic_aoi(tmp_path / "root", n_chips=4, size=64, seed=11)
@@ -339,7 +339,7 @@ def test_a_store_with_nested_chunk_keys_resumes_in_its_own_layout(client, tmp_pa
 
 
 def sn5dask_validate(out: Path):
-    from sn5dask.validate import validate_output
+    from sn5dask.outputs.validate import validate_output
 
     return validate_output(str(out))
 
@@ -429,7 +429,7 @@ def test_an_s3_lock_has_one_winner_and_a_dead_clients_lock_is_broken_on_request(
     import threading
 
     from sn5dask.errors import LockError
-    from sn5dask.lock import RunLock
+    from sn5dask.io.lock import RunLock
     from tests.procs import moto_server
 
     with moto_server() as env:

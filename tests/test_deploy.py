@@ -169,7 +169,7 @@ def test_dockerfile_statically() -> None:
     assert order.index(("COPY", "pyproject.toml README.md ./")) < deps < code
     assert "--no-deps ." in order[code + 1][1]
     assert ("USER", "sn5dask") in instructions
-    # remote workers from the image keep glibc's malloc defaults (see sn5dask.cluster)
+    # remote workers from the image keep glibc's malloc defaults (see sn5dask.runner.cluster)
     [dask_config] = [arg for op, arg in instructions if op == "RUN" and "/etc/dask/sn5dask.yaml" in arg]
     printed = re.search(r"printf '([^']*)'", dask_config).group(1).encode().decode("unicode_escape")
     assert yaml.safe_load(printed) == {"distributed": {"nanny": {"pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None}}}}

@@ -16,7 +16,7 @@ import rasterio
 
 import sn5dask
 from sn5dask.config import load_config
-from sn5dask.lock import RunLock
+from sn5dask.io.lock import RunLock
 from tests.procs import kill_group, real_cluster, sn5dask_cli
 
 pytestmark = pytest.mark.slow

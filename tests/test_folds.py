@@ -1,4 +1,4 @@
-"""sn5dask.folds: contiguous blocks of about equal size, deterministic, CRESI's CSV."""
+"""sn5dask.core.folds: contiguous blocks of about equal size, deterministic, CRESI's CSV."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sn5dask.folds import folds_csv, spatial_folds
+from sn5dask.core.folds import folds_csv, spatial_folds
 
 
 def grid(columns: int, rows: int) -> dict[str, tuple[float, float]]:

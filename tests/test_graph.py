@@ -1,4 +1,4 @@
-"""sn5dask.graph and the scan tasks it builds, computed in-process on fakes: exact AOI
+"""sn5dask.runner.graph and the scan tasks it builds, computed in-process on fakes: exact AOI
 percentiles, the tree's shape, per-chip keys, and errors kept per chip."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import dask
 import numpy as np
 import pytest
 
-from sn5dask.chiptask import ChipJob
+from sn5dask.runner.chiptask import ChipJob
 from sn5dask.config import load_config
 from sn5dask.errors import ImageError
-from sn5dask.graph import (
+from sn5dask.runner.graph import (
     MIN_CHIP_TASKS,
     SCAN_BATCH_BYTES,
     SCAN_BATCH_CHIPS,
@@ -22,7 +22,7 @@ from sn5dask.graph import (
     scan_graph,
     scan_tree,
 )
-from sn5dask.layout import AoiLayout
+from sn5dask.outputs.layout import AoiLayout
 from sn5dask.testing import MemoryWriter, fake_aoi
 
 AOI = "AOI_98_Fake"

@@ -1,4 +1,4 @@
-"""sn5dask.labels: GeoJSON parsing, per-feature warnings, file-level errors."""
+"""sn5dask.core.labels: GeoJSON parsing, per-feature warnings, file-level errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from pyproj import CRS
 
 from sn5dask.errors import LabelError
-from sn5dask.labels import parse_road_labels
+from sn5dask.core.labels import parse_road_labels
 
 
 def fc(features: list, crs: str | None = None) -> str:

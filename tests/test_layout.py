@@ -1,10 +1,10 @@
-"""sn5dask.layout: every output path, the Zarr reference format, refusal to leave OUT."""
+"""sn5dask.outputs.layout: every output path, the Zarr reference format, refusal to leave OUT."""
 
 from __future__ import annotations
 
 import pytest
 
-from sn5dask.layout import AoiLayout, ZarrRef, layouts_under, output_name
+from sn5dask.outputs.layout import AoiLayout, ZarrRef, layouts_under, output_name
 
 
 def test_every_path_of_an_aoi() -> None:
@@ -54,7 +54,7 @@ def test_a_local_lock_is_held_by_a_live_process_only(tmp_path) -> None:
     import json as _json
 
     from sn5dask.errors import LockError
-    from sn5dask.lock import RunLock
+    from sn5dask.io.lock import RunLock
     from tests.procs import lock_held_elsewhere
 
     url = str(tmp_path / "AOI" / ".sn5dask.lock")

@@ -1,4 +1,4 @@
-"""sn5dask.manifest: the typed model, its parser's errors, and the resume rules."""
+"""sn5dask.outputs.manifest: the typed model, its parser's errors, and the resume rules."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 
 from sn5dask.errors import ManifestError, ParamsChangedError
-from sn5dask.layout import AoiLayout
-from sn5dask.catalog import ChipRecord
-from sn5dask.manifest import ChipEntry, Manifest, OutputState
+from sn5dask.outputs.layout import AoiLayout
+from sn5dask.io.catalog import ChipRecord
+from sn5dask.outputs.manifest import ChipEntry, Manifest, OutputState
 
 PARAMS = {"profile": "sn5dask", "bands": [5, 3, 2], "percentiles": [2.0, 98.0],
           "aoi_percentiles": {"5": [1.0, 9.0]}}

@@ -1,4 +1,4 @@
-"""sn5dask.masks: solaris R1 and CRESI s02 bit-exact, each CRESI rule, edge cases."""
+"""sn5dask.core.masks: solaris R1 and CRESI s02 bit-exact, each CRESI rule, edge cases."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pyproj.database import query_utm_crs_info
 from rasterio.features import rasterize
 
 import sn5dask
-from sn5dask.labels import parse_road_labels
-from sn5dask.masks import (
+from sn5dask.core.labels import parse_road_labels
+from sn5dask.core.masks import (
     burn_chip_masks,
     cresi_utm_crs,
     masks_from_speed_classes,
@@ -311,7 +311,7 @@ def test_mask_kinds_are_lookups_of_one_raster() -> None:
 def test_shapes_for_rasterize_equal_shapelys_geo_interface() -> None:
     """`_geojson_like` hands rasterize the coordinates shapely's `__geo_interface__` gives
     (exterior and holes, multipolygon parts), so the burned pixels are the same."""
-    from sn5dask.masks import _geojson_like
+    from sn5dask.core.masks import _geojson_like
 
     ring = shapely.LineString([(2, 2), (30, 3), (28, 29), (4, 27), (2, 2)])
     with_hole = shapely.Polygon(ring.coords, [[(10, 10), (20, 10), (20, 20), (10, 20)]])

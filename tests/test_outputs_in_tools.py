@@ -19,7 +19,7 @@ from rasterio.vrt import WarpedVRT
 
 import sn5dask
 from sn5dask.config import load_config
-from sn5dask.encodings import MASK_ENCODINGS
+from sn5dask.core.encodings import MASK_ENCODINGS
 
 AOI = "AOI_99_Synthetic"
 SCHEMAS = Path(__file__).parent / "data" / "stac-schemas"

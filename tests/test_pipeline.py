@@ -1,4 +1,4 @@
-"""sn5dask.pipeline on a real LocalCluster: outputs checked pixel by pixel against the
+"""sn5dask.runner.pipeline on a real LocalCluster: outputs checked pixel by pixel against the
 pure functions, resume, parameter changes, fault isolation, the lock, the cresi profile."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import sn5dask
 
 from sn5dask.config import load_config
 from sn5dask.errors import LockError, ParamsChangedError
-from sn5dask.lock import RunLock
-from sn5dask.stretch import band_cut, stretch_to_uint8
+from sn5dask.io.lock import RunLock
+from sn5dask.core.stretch import band_cut, stretch_to_uint8
 from tests.conftest import S01, write_tif
 
 AOI = "AOI_99_Synthetic"
@@ -222,9 +222,9 @@ def inprocess_client():
 
 
 def test_run_loop_in_process_with_fakes(inprocess_client, tmp_path) -> None:
-    from sn5dask.chipio import read_json
-    from sn5dask.layout import AoiLayout
-    from sn5dask.pipeline import LogReporter, run_aoi
+    from sn5dask.io.chipio import read_json
+    from sn5dask.outputs.layout import AoiLayout
+    from sn5dask.runner.pipeline import LogReporter, run_aoi
     from sn5dask.testing import MemoryWriter, fake_aoi
 
     fake = fake_aoi(aoi="AOI_98_Fake", n_chips=5, size=48, seed=2)
@@ -282,7 +282,7 @@ def test_many_small_chips_in_batches_give_the_same_outputs(client, tmp_path, mon
     """An AOI of 200 small chips is scanned and written in batches (several chips per
     task): every chip still gets its own manifest entry, and every output is the same as
     with one task per chip."""
-    from sn5dask import graph
+    from sn5dask.runner import graph
     from sn5dask.synthetic import make_synthetic_aoi
 
     aoi = make_synthetic_aoi(tmp_path / "in", n_chips=200, size=24, seed=4, roads_per_chip=(1, 2))

@@ -1,4 +1,4 @@
-"""sn5dask.raster: chip validation errors, exact georeferencing, atomic writes, GDAL env."""
+"""sn5dask.io.raster: chip validation errors, exact georeferencing, atomic writes, GDAL env."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import rasterio
 from affine import Affine
 
 from sn5dask.errors import ImageError
-from sn5dask.raster import ChipHeader, encode_geotiff, gdal_options, read_chip, read_header, write_geotiff
+from sn5dask.io.raster import ChipHeader, encode_geotiff, gdal_options, read_chip, read_header, write_geotiff
 from tests.conftest import S01, S02, write_tif
 
 BANDS = (5, 3, 2)
@@ -76,7 +76,7 @@ def test_geotiff_keeps_georeferencing_exactly(tmp_path: Path) -> None:
 @pytest.mark.parametrize("is_mask", [False, True])
 @pytest.mark.parametrize("compress", ["deflate", "zstd", "lzw", "none"])
 def test_every_codec_is_lossless(compress: str, is_mask: bool) -> None:
-    from sn5dask.raster import ChipHeader
+    from sn5dask.io.raster import ChipHeader
 
     header = ChipHeader(600, 700, 1, "uint8", (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), "EPSG:32611", (None,))
     mask = np.zeros((8, 600, 700), np.uint8)
@@ -89,7 +89,7 @@ def test_every_codec_is_lossless(compress: str, is_mask: bool) -> None:
 def test_geotiff_bytes_are_the_same_with_the_crs_parsed_once() -> None:
     """`encode_geotiff` hands GDAL a CRS object parsed once per WKT: the file's bytes are
     those GDAL writes from the WKT itself, for the reference chips' CRS and UTM zones."""
-    from sn5dask import raster
+    from sn5dask.io import raster
 
     wkts = {read_header(str(path)).crs_wkt for path in sorted(S01.rglob("*.tif"))[:4]}
     wkts.add(read_header(str(S02 / "inputs" / "PS-MS" / "SN3_roads_train_AOI_2_Vegas_PS-MS_img991.tif")).crs_wkt)
@@ -118,13 +118,13 @@ def _gtiff_profile(header: ChipHeader) -> dict:
 
 
 def test_block_size_fits_the_chip() -> None:
-    from sn5dask.raster import block_size
+    from sn5dask.io.raster import block_size
 
     assert [block_size(s) for s in (1300, 1024, 1025, 650, 96, 50, 3000)] == [656, 1024, 528, 656, 96, 64, 1008]
 
 
 def test_a_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sn5dask import files as storage
+    from sn5dask.io import files as storage
 
     target = tmp_path / "out.tif"
 
@@ -152,7 +152,7 @@ def test_writes_committed_together_appear_whole_at_the_end_of_the_block(
 ) -> None:
     """Every file is fsynced before any is renamed, and each folder that received one is
     fsynced after the renames (so they survive a power loss)."""
-    from sn5dask import files
+    from sn5dask.io import files
 
     flushed: list[str] = []
     real_fsync = os.fsync
@@ -185,7 +185,7 @@ def test_writes_committed_together_appear_whole_at_the_end_of_the_block(
 def test_a_single_atomic_write_flushes_the_file_and_its_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sn5dask import files
+    from sn5dask.io import files
 
     flushed: list[str] = []
     real_fsync = os.fsync
@@ -197,7 +197,7 @@ def test_a_single_atomic_write_flushes_the_file_and_its_folder(
 
 
 def test_committed_together_renames_what_was_written_when_the_block_fails(tmp_path: Path) -> None:
-    from sn5dask import files
+    from sn5dask.io import files
 
     with pytest.raises(RuntimeError, match="chip failed"), files.committed_together():
         files.write_bytes_atomic(str(tmp_path / "rgb.tif"), b"rgb")
@@ -206,7 +206,7 @@ def test_committed_together_renames_what_was_written_when_the_block_fails(tmp_pa
 
 
 def test_a_failed_flush_leaves_no_final_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sn5dask import files
+    from sn5dask.io import files
 
     def failing_fsync(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
@@ -221,7 +221,7 @@ def test_a_failed_flush_leaves_no_final_name(tmp_path: Path, monkeypatch: pytest
 def test_a_truncated_chip_fails_with_gdals_own_reason(tmp_path) -> None:
     """The header reads, the pixels do not: the reason is what GDAL said, not rasterio's
     "Read failed. See previous exception for details."."""
-    from sn5dask.chipio import RasterioReader
+    from sn5dask.io.chipio import RasterioReader
     from sn5dask.synthetic import make_synthetic_aoi
 
     image = make_synthetic_aoi(tmp_path, n_chips=1, size=256, seed=1, with_edge_cases=False).images[0]
@@ -237,8 +237,8 @@ def test_a_truncated_chip_fails_with_gdals_own_reason(tmp_path) -> None:
 def test_a_chip_refused_by_s3_says_which_credentials_were_searched(monkeypatch) -> None:
     from rasterio.errors import RasterioIOError
 
-    from sn5dask import files
-    from sn5dask.raster import unreadable_reason
+    from sn5dask.io import files
+    from sn5dask.io.raster import unreadable_reason
 
     refused = RasterioIOError("HTTP response code: 403")
     monkeypatch.setattr(files, "aws_credentials_method", lambda: None)

@@ -24,7 +24,7 @@ from pyproj import Transformer
 
 import sn5dask
 from sn5dask.config import load_config
-from sn5dask.lock import RunLock
+from sn5dask.io.lock import RunLock
 from tests.conftest import write_tif
 from tests.procs import FaultyProxy, kill_group, moto_server, sn5dask_cli, upload_tree
 
@@ -188,11 +188,11 @@ def test_bad_input_outputs_are_right(bad_inputs) -> None:
 
 def test_unreadable_files_simulated_permission_error(good_chip, tmp_path, monkeypatch) -> None:
     """Tests run as root, so a chmod would not stop a read: raise EACCES where the OS would."""
-    from sn5dask import files as storage
-    from sn5dask.catalog import ChipRecord
-    from sn5dask.chiptask import ChipJob, process_chip
-    from sn5dask.layout import AoiLayout
-    from sn5dask.stretch import band_cut
+    from sn5dask.io import files as storage
+    from sn5dask.io.catalog import ChipRecord
+    from sn5dask.runner.chiptask import ChipJob, process_chip
+    from sn5dask.outputs.layout import AoiLayout
+    from sn5dask.core.stretch import band_cut
 
     image, label = good_chip
     config = load_config(None, root=str(image.parent), out=str(tmp_path), formats="geotiff")
@@ -245,8 +245,8 @@ def test_hostile_names_never_write_outside_out(good_chip, client, tmp_path) -> N
 
 
 def test_s3_style_keys_are_sanitised() -> None:
-    from sn5dask import files as storage
-    from sn5dask.catalog import aoi_for_image, output_name
+    from sn5dask.io import files as storage
+    from sn5dask.io.catalog import aoi_for_image, output_name
 
     assert aoi_for_image("bucket/in/../PS-MS/evil.tif") == "unnamed"
     assert aoi_for_image("bucket/in/AOI_7_Moscow;rm/PS-MS/x.tif") == "AOI_7_Moscow_rm"
@@ -316,7 +316,7 @@ def test_full_disk_leaves_no_partial_or_truncated_file(client, tmp_path, monkeyp
             assert process.returncode == 1, output
             assert "No space left on device" in " ".join(output.split())
         else:
-            from sn5dask import files as storage
+            from sn5dask.io import files as storage
 
             written = {"bytes": 0}
             real_write = storage.os.fsync
@@ -328,10 +328,10 @@ def test_full_disk_leaves_no_partial_or_truncated_file(client, tmp_path, monkeyp
                 real_write(fd)
 
             monkeypatch.setattr(storage.os, "fsync", fsync_until_full)
-            from sn5dask.catalog import discover
-            from sn5dask.chiptask import ChipJob, process_chip
-            from sn5dask.layout import AoiLayout
-            from sn5dask.stretch import band_cut
+            from sn5dask.io.catalog import discover
+            from sn5dask.runner.chiptask import ChipJob, process_chip
+            from sn5dask.outputs.layout import AoiLayout
+            from sn5dask.core.stretch import band_cut
 
             config = load_config(None, root=str(aoi.root), out=str(out), formats="geotiff")
             job = ChipJob(config, AoiLayout(str(out), "AOI_99_Synthetic"), tuple(band_cut(100, 900) for _ in range(3)))

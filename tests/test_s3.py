@@ -41,7 +41,7 @@ def test_s3_in_s3_out_equals_local(small_aoi, s3_env, tmp_path, monkeypatch) -> 
     import fsspec
     import xarray as xr
 
-    from sn5dask.files import storage_options
+    from sn5dask.io.files import storage_options
 
     fs = fsspec.filesystem("s3", **storage_options("s3://x"))
     manifest_text = fs.cat_file("spacenet/out/AOI_99_Synthetic/manifest.json").decode()
@@ -50,7 +50,7 @@ def test_s3_in_s3_out_equals_local(small_aoi, s3_env, tmp_path, monkeypatch) -> 
     assert secret not in output and secret not in manifest_text and secret not in stats_text
     manifest = json.loads(manifest_text)
     assert manifest["counts"] == {"ok": 6, "skipped": 0, "failed": 0}
-    from sn5dask.raster import gdal_env
+    from sn5dask.io.raster import gdal_env
 
     for chip_id, entry in manifest["chips"].items():
         for kind, relpath in entry["outputs"].items():

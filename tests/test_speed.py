@@ -1,4 +1,4 @@
-"""sn5dask.speed: speed sources, SN3 inference, burn values (CRESI.md §(b))."""
+"""sn5dask.core.speed: speed sources, SN3 inference, burn values (CRESI.md §(b))."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from sn5dask.speed import binned_value, continuous_value, road_speed, sn3_speed_mph, speed_bin
+from sn5dask.core.speed import binned_value, continuous_value, road_speed, sn3_speed_mph, speed_bin
 from tests.conftest import REFDATA
 
 

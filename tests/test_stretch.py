@@ -1,4 +1,4 @@
-"""sn5dask.stretch: exact histogram percentiles, the uint8 rule, CRESI case s01."""
+"""sn5dask.core.stretch: exact histogram percentiles, the uint8 rule, CRESI case s01."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sn5dask.stretch import (
+from sn5dask.core.stretch import (
     BandCut,
     band_cut,
     band_histograms,

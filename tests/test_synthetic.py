@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from sn5dask.catalog import discover
+from sn5dask.io.catalog import discover
 from sn5dask.synthetic import make_synthetic_aoi
 
 

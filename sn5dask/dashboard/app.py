@@ -24,9 +24,9 @@ import pandas as pd
 import panel as pn
 
 from sn5dask.dashboard import data
-from sn5dask.encodings import SPEED_BINS
-from sn5dask.files import normalise_location
-from sn5dask.layout import AoiLayout
+from sn5dask.core.encodings import SPEED_BINS
+from sn5dask.io.files import normalise_location
+from sn5dask.outputs.layout import AoiLayout
 
 OVERLAYS = ["none", "binary", "continuous", "binned"] + [f"multichannel: {name}" for name in (*SPEED_BINS, "road")]
 REFRESH_MS = 1000
@@ -98,7 +98,7 @@ class RunController:
     def client(self) -> Any:
         with self.lock:
             if self._client is None:
-                from sn5dask.cluster import get_client
+                from sn5dask.runner.cluster import get_client
 
                 self._client = self._stack.enter_context(get_client(self.scheduler, self.workers))
             return self._client
@@ -110,7 +110,7 @@ class RunController:
     def start(self, root: str, out: str, **options: Any) -> None:
         """Start `sn5dask run` on the kept cluster, in a background thread."""
         from sn5dask.config import load_config
-        from sn5dask.pipeline import run
+        from sn5dask.runner.pipeline import run
 
         if self.running:
             raise RuntimeError("a run started here is still going")

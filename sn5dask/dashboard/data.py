@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from sn5dask import files
-from sn5dask.encodings import SPEED_BINS
+from sn5dask.io import files
+from sn5dask.core.encodings import SPEED_BINS
 from sn5dask.errors import ManifestError
-from sn5dask.layout import STATS_NAME, AoiLayout, layouts_under
-from sn5dask.manifest import Manifest
-from sn5dask.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS, speed_bin
-from sn5dask.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
+from sn5dask.outputs.layout import STATS_NAME, AoiLayout, layouts_under
+from sn5dask.outputs.manifest import Manifest
+from sn5dask.core.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS, speed_bin
+from sn5dask.core.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
 
 STATUS_COLOURS = {"ok": "#2ca02c", "skipped": "#ff7f0e", "failed": "#d62728", "pending": "#9e9e9e"}
 
@@ -190,7 +190,7 @@ class ChipView:
 def chip_view(layout: AoiLayout, manifest: Manifest, chip_id: str, *, with_source: bool = True) -> ChipView:
     import rasterio
 
-    from sn5dask.raster import gdal_env, gdal_path
+    from sn5dask.io.raster import gdal_env, gdal_path
 
     entry = manifest.chips[chip_id]
     masks: dict[str, np.ndarray] = {}
@@ -218,7 +218,7 @@ def chip_view(layout: AoiLayout, manifest: Manifest, chip_id: str, *, with_sourc
 
 
 def _source_preview(path: str, bands: list[int]) -> tuple[np.ndarray | None, Any, Any]:
-    from sn5dask.raster import read_chip
+    from sn5dask.io.raster import read_chip
 
     try:
         header, data = read_chip(path, bands)
@@ -236,8 +236,8 @@ def _label_lines(label: str, transform: Any, crs: Any) -> list[np.ndarray]:
     import shapely
     from pyproj import CRS
 
-    from sn5dask.labels import parse_road_labels
-    from sn5dask.masks import reproject_geometries
+    from sn5dask.core.labels import parse_road_labels
+    from sn5dask.core.masks import reproject_geometries
 
     try:
         roads = parse_road_labels(files.read_bytes(label), label)
@@ -273,9 +273,9 @@ def speed_distribution(layout: AoiLayout, manifest: Manifest, max_chips: int = 2
     import shapely
     from pyproj import CRS
 
-    from sn5dask.labels import parse_road_labels
-    from sn5dask.masks import metric_crs_containing, reproject_geometries
-    from sn5dask.raster import gdal_env, gdal_path
+    from sn5dask.core.labels import parse_road_labels
+    from sn5dask.core.masks import metric_crs_containing, reproject_geometries
+    from sn5dask.io.raster import gdal_env, gdal_path
 
     done = [cid for cid, e in manifest.chips.items() if e.done and "binned" in e.outputs and e.label]
     step = max(1, int(np.ceil(len(done) / max_chips)))

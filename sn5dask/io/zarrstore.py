@@ -15,7 +15,7 @@ Layout (Zarr format 3), read back by `xarray.open_zarr(path)` as a Dataset with 
 - `spatial_ref`: a CF grid-mapping variable (`crs_wkt`, `spatial_ref`) when every chip has
   one CRS (the usual case), named by each data variable's `grid_mapping`.
 - each data variable says what its values mean (`description`, `band_descriptions`,
-  `sn5dask.encodings`); `rgb` carries `nodata: 0` (rioxarray reads it).
+  `sn5dask.core.encodings`); `rgb` carries `nodata: 0` (rioxarray reads it).
 
 Every array has fill value 0, and Zarr v3 fill values are not turned into `_FillValue` by
 xarray, so the arrays open as uint8 (no float promotion). Each chip task writes whole
@@ -37,11 +37,11 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from sn5dask import files
-from sn5dask.config import MASK_KINDS
-from sn5dask.encodings import MASK_ENCODINGS, RGB_VALUES, rgb_descriptions
-from sn5dask.raster import ChipHeader
-from sn5dask.speed import N_SPEED_CHANNELS
+from sn5dask.io import files
+from sn5dask.core.encodings import MASK_KINDS
+from sn5dask.core.encodings import MASK_ENCODINGS, RGB_VALUES, rgb_descriptions
+from sn5dask.core.grid import ChipHeader
+from sn5dask.core.speed import N_SPEED_CHANNELS
 
 COORDINATES = "chip_id transform crs height width has_labels"
 # Zstandard level 1: the same size as zarr's default (level 3) on chips and masks, written
@@ -56,7 +56,7 @@ DATA_CHUNK_KEYS: dict[str, Any] = {"name": "default", "separator": "."}
 
 
 def _open(url: str, mode: Literal["r", "r+", "w"]) -> zarr.Group:
-    from sn5dask.files import storage_options
+    from sn5dask.io.files import storage_options
 
     options = storage_options(url)
     if url.startswith("s3://"):

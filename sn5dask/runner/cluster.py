@@ -22,7 +22,7 @@ import dask.config
 from distributed import Client, LocalCluster, fire_and_forget
 
 from sn5dask.errors import ConfigError
-from sn5dask.forkserver import (
+from sn5dask.runner.forkserver import (
     METHOD_KEY,
     PRE_SPAWN_KEY,
     environ,
@@ -204,7 +204,9 @@ def warm_up_workers(client: Client) -> None:
 def prepare_worker() -> None:
     """Everything a worker process needs before its first chip, in one place: the chip-task
     imports, GDAL set-up and PROJ's UTM table. Idempotent (cheap on a warm worker)."""
-    from sn5dask import aoistats, chiptask, masks, raster  # noqa: F401
+    from sn5dask.core import masks
+    from sn5dask.io import raster
+    from sn5dask.runner import aoistats, chiptask# noqa: F401
 
     with raster.gdal_env("local"):
         masks.utm_crs_containing(0.0, 0.0)  # reads PROJ's UTM table once per process

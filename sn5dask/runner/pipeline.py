@@ -25,12 +25,13 @@ from typing import Any, Protocol
 import numpy as np
 from distributed import Client, as_completed
 
-from sn5dask import files, stac
-from sn5dask.aoistats import AoiStats
-from sn5dask.catalog import AoiCatalog, ChipRecord, discover, input_folders
-from sn5dask.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader, read_json, write_json
-from sn5dask.chiptask import ChipJob, ChipResult
-from sn5dask.cluster import (
+from sn5dask.io import files
+from sn5dask.outputs import stac
+from sn5dask.runner.aoistats import AoiStats
+from sn5dask.io.catalog import AoiCatalog, ChipRecord, discover, input_folders
+from sn5dask.io.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader, read_json, write_json
+from sn5dask.runner.chiptask import ChipJob, ChipResult
+from sn5dask.runner.cluster import (
     check_main_guard,
     get_client,
     prepare_local_workers,
@@ -39,13 +40,13 @@ from sn5dask.cluster import (
 )
 from sn5dask.config import RunConfig
 from sn5dask.errors import ConfigError, ManifestError, ParamsChangedError, Sn5daskError
-from sn5dask.folds import folds_csv, spatial_folds
-from sn5dask.graph import chip_tasks, scan_graph
-from sn5dask.layout import AoiLayout, layouts_under, output_overlaps_input
-from sn5dask.lock import RunLock
-from sn5dask.manifest import ChipEntry, Manifest, OutputState
-from sn5dask.masks import grid_centre_lonlat
-from sn5dask.stretch import band_cut
+from sn5dask.core.folds import folds_csv, spatial_folds
+from sn5dask.runner.graph import chip_tasks, scan_graph
+from sn5dask.outputs.layout import AoiLayout, layouts_under, output_overlaps_input
+from sn5dask.io.lock import RunLock
+from sn5dask.outputs.manifest import ChipEntry, Manifest, OutputState
+from sn5dask.core.masks import grid_centre_lonlat
+from sn5dask.core.stretch import band_cut
 from sn5dask.versions import versions
 
 log = logging.getLogger("sn5dask")
@@ -514,7 +515,7 @@ def kept_for_run(client: Client) -> Iterator[str]:
     (S3 copies, small chips' pixels: `chipcache`) and the write pass did not use (chips
     already done, tasks that ran elsewhere) is removed on every worker when the block
     ends, however it ends: nothing a run kept outlives it."""
-    from sn5dask import chipcache
+    from sn5dask.io import chipcache
 
     run_token = uuid.uuid4().hex
     try:

@@ -12,8 +12,6 @@ import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -22,12 +20,11 @@ from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.session import DummySession, Session
 
-from sn5dask import chipcache, files
-from sn5dask.config import COMPRESSIONS
+from sn5dask.io import chipcache, files
+from sn5dask.core.encodings import COMPRESSIONS
+from sn5dask.core.grid import ChipHeader
 from sn5dask.errors import ImageError, TooFewBandsError
 
-if TYPE_CHECKING:
-    from odc.geo.geobox import GeoBox
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 #: How often this process decoded each chip's pixels (benchmarks read it from every worker
@@ -114,26 +111,6 @@ def _cached_aws_session(environment: tuple[str | None, ...], unsigned: bool) -> 
     from rasterio.session import AWSSession
 
     return AWSSession(aws_unsigned=True) if unsigned else AWSSession()
-
-
-@dataclass(frozen=True)
-class ChipHeader:
-    """What a chip's header says: its grid and pixel type. Small; sent to the client."""
-
-    height: int
-    width: int
-    count: int
-    dtype: str
-    transform: tuple[float, float, float, float, float, float]
-    crs_wkt: str
-    nodata: tuple[float | None, ...]
-
-    @property
-    def grid(self) -> GeoBox:
-        from affine import Affine
-        from odc.geo.geobox import GeoBox  # only chip tasks need it, not the scan pass
-
-        return GeoBox((self.height, self.width), Affine(*self.transform), self.crs_wkt)
 
 
 def _validate(path: str, src: rasterio.DatasetReader, bands: Sequence[int]) -> ChipHeader:

@@ -22,10 +22,10 @@ from typing import TypeVar
 import dask
 from dask.delayed import Delayed
 
-from sn5dask.aoistats import combine_scans, finalize_scan, scan_chips
-from sn5dask.catalog import ChipRecord
-from sn5dask.chipio import ChipReader, RasterioReader
-from sn5dask.chiptask import ChipJob, process_chip_batch
+from sn5dask.runner.aoistats import combine_scans, finalize_scan, scan_chips
+from sn5dask.io.catalog import ChipRecord
+from sn5dask.io.chipio import ChipReader, RasterioReader
+from sn5dask.runner.chiptask import ChipJob, process_chip_batch
 
 TREE_FAN_IN = 8
 # Small chips are handled in batches: each dask task costs the scheduler and the worker

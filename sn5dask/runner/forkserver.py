@@ -36,7 +36,7 @@ START_METHOD_KEY = "sn5dask.worker-start-method"
 #: them: distributed and the chip-task code (rasterio/GDAL, shapely, pyproj, odc-geo, and
 #: zarr for the store the default formats write: ≈0.2 s that each worker otherwise spends
 #: in its first write task).
-WORKER_MODULES = ("distributed", "sn5dask.aoistats", "sn5dask.chiptask", "sn5dask.zarrstore")
+WORKER_MODULES = ("distributed", "sn5dask.runner.aoistats", "sn5dask.runner.chiptask", "sn5dask.io.zarrstore")
 
 #: The variables every local worker starts with unless the user's dask config
 #: (`distributed.nanny.pre-spawn-environ`) says otherwise: distributed's own defaults,

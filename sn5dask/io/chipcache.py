@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import dask.config
 
-from sn5dask import files
+from sn5dask.io import files
 
 CONFIG_KEY = "sn5dask.chip-cache-bytes"
 DEFAULT_MAX_BYTES = 8 * 2**30

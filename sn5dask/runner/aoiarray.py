@@ -24,11 +24,11 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
-from sn5dask.catalog import discover
-from sn5dask.chipio import ChipReader, RasterioReader
+from sn5dask.io.catalog import discover
+from sn5dask.io.chipio import ChipReader, RasterioReader
 from sn5dask.errors import Sn5daskError
-from sn5dask.files import normalise_location
-from sn5dask.graph import scan_graph
+from sn5dask.io.files import normalise_location
+from sn5dask.runner.graph import scan_graph
 
 log = logging.getLogger("sn5dask")
 
@@ -102,7 +102,7 @@ def open_store(url: str) -> xr.Dataset:
     """The Zarr store of an AOI (`OUT/<AOI>/<AOI>.zarr`, local or `s3://`) as a lazy
     Dataset, as `xarray.open_zarr` gives it (uint8 variables, one chunk per chip), with
     the same S3 settings as the run. `chip_dataarray(ds, chip_id, var)` gives one chip."""
-    from sn5dask.files import storage_options
+    from sn5dask.io.files import storage_options
 
     url = normalise_location(url)
     options = storage_options(url)

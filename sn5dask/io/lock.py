@@ -20,7 +20,7 @@ from typing import Any
 
 import filelock
 
-from sn5dask import files
+from sn5dask.io import files
 from sn5dask.errors import LockError
 
 BREAK_LOCK_FLAG = "--break-lock"

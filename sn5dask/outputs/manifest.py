@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sn5dask.errors import ManifestError, ParamsChangedError
-from sn5dask.layout import ZARR_OUTPUT, AoiLayout, ZarrRef
+from sn5dask.outputs.layout import ZARR_OUTPUT, AoiLayout, ZarrRef
 
 if TYPE_CHECKING:
-    from sn5dask.catalog import ChipRecord
+    from sn5dask.io.catalog import ChipRecord
 
 ChipStatus = Literal["ok", "skipped", "failed"]
 STATUSES: tuple[ChipStatus, ...] = ("ok", "skipped", "failed")

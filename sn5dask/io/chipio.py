@@ -18,8 +18,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from sn5dask import files, raster
-from sn5dask.raster import ChipHeader
+from sn5dask.io import files, raster
+from sn5dask.core.grid import ChipHeader
 
 
 @runtime_checkable
@@ -166,7 +166,7 @@ class FileWriter:
         attrs: Mapping[str, Any],
         has_labels: Sequence[bool] | None = None,
     ) -> None:
-        from sn5dask import zarrstore
+        from sn5dask.io import zarrstore
 
         zarrstore.create_store(
             url, chip_ids=chip_ids, headers=headers, bands=bands, mask_kinds=mask_kinds,
@@ -174,7 +174,7 @@ class FileWriter:
         )  # fmt: skip
 
     def zarr_chip_ids(self, url: str) -> list[str] | None:
-        from sn5dask import zarrstore
+        from sn5dask.io import zarrstore
 
         return zarrstore.store_chip_ids(url)
 
@@ -187,7 +187,7 @@ class FileWriter:
         *,
         run_token: str = "",
     ) -> None:
-        from sn5dask import zarrstore
+        from sn5dask.io import zarrstore
 
         zarrstore.write_chip(url, index, rgb, masks, run_token=run_token)
 
@@ -207,7 +207,7 @@ class FileWriter:
         return files.file_sizes(folder_url, skip=skip)
 
     def zarr_written_chips(self, url: str) -> frozenset[int]:
-        from sn5dask import zarrstore
+        from sn5dask.io import zarrstore
 
         return zarrstore.written_chips(url)
 

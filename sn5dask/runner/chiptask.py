@@ -17,18 +17,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sn5dask import chipcache
-from sn5dask.catalog import ChipRecord
-from sn5dask.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader
+from sn5dask.io import chipcache
+from sn5dask.io.catalog import ChipRecord
+from sn5dask.io.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader
 from sn5dask.config import RunConfig
-from sn5dask.encodings import MASK_ENCODINGS, rgb_descriptions
+from sn5dask.core.encodings import MASK_ENCODINGS, rgb_descriptions
 from sn5dask.errors import ChipError, LabelError, guard_chip
-from sn5dask.labels import parse_road_labels
-from sn5dask.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout
-from sn5dask.manifest import ChipEntry, ChipStatus
-from sn5dask.masks import burn_chip_masks
-from sn5dask.raster import ChipHeader, band_indexes
-from sn5dask.stretch import (
+from sn5dask.core.labels import parse_road_labels
+from sn5dask.outputs.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout
+from sn5dask.outputs.manifest import ChipEntry, ChipStatus
+from sn5dask.core.masks import burn_chip_masks
+from sn5dask.core.grid import ChipHeader
+from sn5dask.io.raster import band_indexes
+from sn5dask.core.stretch import (
     BandCut,
     band_cut,
     band_histograms,
