@@ -19,14 +19,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from sn5dask.config import load_config
 from sn5dask.io import files, raster, zarrstore
-from sn5dask.runner import chiptask
-from sn5dask.runner.aoistats import combine_scans, finalize_scan, scan_chip
 from sn5dask.io.catalog import discover
 from sn5dask.io.chipio import FileWriter, RasterioReader
-from sn5dask.runner.chiptask import ChipJob, process_chip_batch
-from sn5dask.config import load_config
 from sn5dask.outputs.layout import AoiLayout
+from sn5dask.runner import chiptask
+from sn5dask.runner.aoistats import combine_scans, finalize_scan, scan_chip
+from sn5dask.runner.chiptask import ChipJob, process_chip_batch
 from sn5dask.runner.pipeline import aoi_cuts
 from sn5dask.synthetic import make_synthetic_aoi
 

@@ -25,11 +25,16 @@ import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
 
-from sn5dask.io import zarrstore as store
 from sn5dask.core.labels import parse_road_labels
 from sn5dask.core.masks import MASK_KINDS, burn_chip_masks
+from sn5dask.core.stretch import (
+    band_cut,
+    band_histograms,
+    percentiles_from_histogram,
+    stretch_to_uint8,
+)
+from sn5dask.io import zarrstore as store
 from sn5dask.io.raster import ChipHeader, read_chip
-from sn5dask.core.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
 from sn5dask.synthetic import make_synthetic_aoi
 
 BANDS = (5, 3, 2)

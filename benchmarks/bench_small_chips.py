@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 
 import sn5dask
-from sn5dask.runner.cluster import get_client
 from sn5dask.config import load_config
+from sn5dask.runner.cluster import get_client
 from sn5dask.synthetic import make_synthetic_aoi
 
 

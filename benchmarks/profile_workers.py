@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_benchmark import make_data  # noqa: E402
 
 import sn5dask  # noqa: E402
-from sn5dask.runner.cluster import get_client  # noqa: E402
 from sn5dask.config import load_config  # noqa: E402
+from sn5dask.runner.cluster import get_client  # noqa: E402
 
 # Inclusive buckets: the first of these functions found on a stack (leaf first) names it.
 STAGES = (

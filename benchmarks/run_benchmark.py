@@ -35,8 +35,8 @@ from pathlib import Path
 import psutil
 
 import sn5dask  # noqa: E402
-from sn5dask.runner.cluster import get_client  # noqa: E402
 from sn5dask.config import load_config  # noqa: E402
+from sn5dask.runner.cluster import get_client  # noqa: E402
 from sn5dask.synthetic import SYNTHETIC_AOI, make_synthetic_aoi  # noqa: E402
 
 STAGES = ("read", "stretch", "masks", "write_rgb", "write_masks", "write_zarr")

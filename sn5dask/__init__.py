@@ -32,12 +32,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from sn5dask.runner.aoiarray import chip_dataarray, open_aoi, open_store
     from sn5dask.api import aoi_histograms, aoi_percentiles, burn_masks
     from sn5dask.config import RunConfig, load_config
-    from sn5dask.errors import Sn5daskError
-    from sn5dask.runner.pipeline import run
     from sn5dask.core.stretch import band_cut, stretch_to_uint8
+    from sn5dask.errors import Sn5daskError
+    from sn5dask.runner.aoiarray import chip_dataarray, open_aoi, open_store
+    from sn5dask.runner.pipeline import run
     from sn5dask.versions import show_versions
 
 

@@ -13,16 +13,16 @@ import numpy as np
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from sn5dask.io import files
-from sn5dask.io.catalog import discover
-from sn5dask.core.labels import RoadLabels, parse_road_labels
 from sn5dask.config import MASK_KINDS
+from sn5dask.core.labels import RoadLabels, parse_road_labels
 from sn5dask.core.masks import burn_chip_masks
 from sn5dask.core.profiles import Profile
+from sn5dask.core.stretch import UINT16_BINS
+from sn5dask.io import files
+from sn5dask.io.catalog import discover
+from sn5dask.io.raster import read_header
 from sn5dask.runner.aoiarray import chip_dataarray, open_aoi
 from sn5dask.runner.graph import scan_graph, scan_tree
-from sn5dask.io.raster import read_header
-from sn5dask.core.stretch import UINT16_BINS
 
 __all__ = ["aoi_histograms", "aoi_percentiles", "burn_masks", "chip_dataarray", "open_aoi", "to_grid"]
 

@@ -29,8 +29,8 @@ from rich.table import Table
 from sn5dask.errors import ConfigError, LockError, ParamsChangedError, Sn5daskError
 
 if TYPE_CHECKING:  # the CLI imports the pipeline only when a command runs it
-    from sn5dask.runner.chiptask import ChipResult
     from sn5dask.config import RunConfig
+    from sn5dask.runner.chiptask import ChipResult
     from sn5dask.runner.pipeline import AoiSummary, RunSummary
 
 app = typer.Typer(
@@ -230,11 +230,10 @@ def demo(
 ) -> None:
     """Generate a synthetic AOI (reused when already there and intact) and run the whole
     job on it on a LocalCluster."""
-    from sn5dask.runner.forkserver import prepare_local_workers
     from sn5dask.config import load_config
-    from sn5dask.synthetic import ensure_synthetic_aoi
-
     from sn5dask.io.files import normalise_location
+    from sn5dask.runner.forkserver import prepare_local_workers
+    from sn5dask.synthetic import ensure_synthetic_aoi
 
     _setup_logging(False)
     out = Path(normalise_location(out))
@@ -280,8 +279,8 @@ def stats(
 ) -> None:
     """Exact AOI-wide percentiles per band (from per-chip histograms)."""
     from sn5dask.api import aoi_percentiles
-    from sn5dask.runner.cluster import get_client
     from sn5dask.config import load_config
+    from sn5dask.runner.cluster import get_client
 
     _setup_logging(False)
     try:

@@ -14,11 +14,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from sn5dask.errors import ConfigError
-from sn5dask.core.encodings import COMPRESSIONS, MASK_KINDS
+from sn5dask.core.encodings import COMPRESSIONS, MASK_KINDS  # noqa: F401  (the option vocabulary, importable from here)
 from sn5dask.core.profiles import Profile, get_profile
+from sn5dask.errors import ConfigError
 
 FORMATS = ("geotiff", "zarr")
 

@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from sn5dask.io.catalog import AoiCatalog, ChipRecord, chip_id_from_name
-from sn5dask.errors import ImageError, TooFewBandsError
-from sn5dask.outputs.layout import output_name
 from sn5dask.core.grid import ChipHeader
+from sn5dask.core.outputspec import OutputSpec
+from sn5dask.errors import ImageError, TooFewBandsError
+from sn5dask.io.catalog import AoiCatalog, ChipRecord, chip_id_from_name
 from sn5dask.io.raster import SUPPORTED_DTYPES
+from sn5dask.outputs.layout import output_name
 
 _LOCK = threading.Lock()
 _MEMORY: dict[str, dict[str, Any]] = {}
@@ -95,11 +96,11 @@ class FakeReader:
 
 @dataclass(frozen=True)
 class FakeGeoTiff:
-    """What `MemoryWriter.write_geotiff` keeps: the array (band, y, x), header and options."""
+    """What `MemoryWriter.write_geotiff` keeps: the array (band, y, x), header and spec."""
 
     array: np.ndarray
     header: ChipHeader
-    options: dict[str, Any]
+    spec: OutputSpec
 
 
 @dataclass
@@ -120,24 +121,11 @@ class MemoryWriter:
         with _LOCK:
             _MEMORY.pop(self.name, None)
 
-    def write_geotiff(
-        self,
-        url: str,
-        array: np.ndarray,
-        header: ChipHeader,
-        *,
-        compress: str,
-        is_mask: bool = False,
-        nodata: float | None = None,
-        photometric: str | None = None,
-        descriptions: Sequence[str] | None = None,
-    ) -> int:
+    def write_geotiff(self, url: str, array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> int:
         self._check(url)
         if array.ndim == 2:
             array = array[np.newaxis]
-        options = {"compress": compress, "is_mask": is_mask, "nodata": nodata, "photometric": photometric,
-                   "descriptions": None if descriptions is None else tuple(descriptions)}
-        self.files[url] = FakeGeoTiff(array.copy(), header, options)
+        self.files[url] = FakeGeoTiff(array.copy(), header, spec)
         return array.nbytes
 
     def create_zarr(

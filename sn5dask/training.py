@@ -21,12 +21,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from sn5dask.core.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS
+from sn5dask.errors import Sn5daskError
 from sn5dask.io import files
 from sn5dask.io.chipio import FileWriter, read_json
-from sn5dask.errors import Sn5daskError
 from sn5dask.outputs.layout import AoiLayout, layouts_under, output_name
 from sn5dask.outputs.manifest import Manifest
-from sn5dask.core.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS
 
 MaskKind = Literal["binary", "continuous", "binned", "multichannel"]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sn5dask.errors import NoChipsError
 from sn5dask.io.catalog import (
     AOI_NAME_RE,
     CHIP_ID_RE,
@@ -16,7 +17,6 @@ from sn5dask.io.catalog import (
     discover,
     output_name,
 )
-from sn5dask.errors import NoChipsError
 from tests.conftest import REFDATA, write_tif
 
 TABLES = REFDATA / "SpaceNet_Optimized_Routing_Solutions" / "ikibardin" / "spacenet5" / "tables"

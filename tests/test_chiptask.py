@@ -8,13 +8,19 @@ import json
 import numpy as np
 import pytest
 
-from sn5dask.runner.chiptask import ChipJob, process_chip
 from sn5dask.config import load_config
-from sn5dask.errors import ImageError
 from sn5dask.core.labels import parse_road_labels
-from sn5dask.outputs.layout import AoiLayout
 from sn5dask.core.masks import burn_chip_masks
-from sn5dask.core.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
+from sn5dask.core.outputspec import OutputSpec
+from sn5dask.core.stretch import (
+    band_cut,
+    band_histograms,
+    percentiles_from_histogram,
+    stretch_to_uint8,
+)
+from sn5dask.errors import ImageError
+from sn5dask.outputs.layout import AoiLayout
+from sn5dask.runner.chiptask import ChipJob, process_chip
 from sn5dask.testing import FakeGeoTiff, MemoryWriter, fake_aoi
 
 AOI = "AOI_98_Fake"
@@ -48,8 +54,8 @@ def test_outputs_equal_the_pure_functions(fake, writer, tmp_path) -> None:
 
     rgb = writer.files[layout.url(result.entry.outputs["rgb"])]
     assert isinstance(rgb, FakeGeoTiff) and rgb.header == header
-    assert rgb.options == {"compress": "deflate", "is_mask": False, "nodata": 0, "photometric": "RGB",
-                           "descriptions": ("PS-MS band 5", "PS-MS band 3", "PS-MS band 2")}
+    assert rgb.spec == OutputSpec("deflate", is_mask=False, nodata=0, photometric="RGB",
+                                  descriptions=("PS-MS band 5", "PS-MS band 3", "PS-MS band 2"))
     assert np.array_equal(rgb.array, stretch_to_uint8(pixels[[4, 2, 1]], list(CUTS), [None] * 3, floor=1))
 
     labels = parse_road_labels(fake.reader.labels[chip.label], chip.label)
@@ -57,7 +63,7 @@ def test_outputs_equal_the_pure_functions(fake, writer, tmp_path) -> None:
     assert set(result.entry.outputs) == {"rgb", "binary", "continuous", "binned", "multichannel"}
     for kind, mask in expected.items():
         written = writer.files[layout.url(result.entry.outputs[kind])]
-        assert written.options["is_mask"] and written.array.dtype == np.uint8
+        assert written.spec == OutputSpec.mask(kind, "deflate") and written.array.dtype == np.uint8
         assert np.array_equal(written.array, mask if mask.ndim == 3 else mask[np.newaxis])
     assert result.entry.outputs["binary"] == f"masks/binary/{chip.output_name}"
     assert result.entry.zero_fraction == {"5": 0.0, "3": 0.0, "2": 0.0}

@@ -18,9 +18,9 @@ import rasterio
 from affine import Affine
 
 import sn5dask
-from sn5dask.io.catalog import discover
 from sn5dask.config import load_config
 from sn5dask.errors import ConfigError, ParamsChangedError
+from sn5dask.io.catalog import discover
 from sn5dask.outputs.layout import MAX_OUTPUT_NAME_BYTES, output_name
 from tests.conftest import S02, write_tif
 from tests.procs import sn5dask_cli
@@ -241,11 +241,12 @@ def test_a_fifo_named_like_an_input_fails_its_chip_and_never_hangs(client, tmp_p
 # --- 5. exact masks for any label ---------------------------------------------------------
 
 def test_more_distinct_speeds_than_uint16_still_burn_exactly() -> None:
+    import shapely
+    from odc.geo.geobox import GeoBox
+    from pyproj import CRS
+
     from sn5dask.core.labels import RoadLabels
     from sn5dask.core.masks import burn_chip_masks
-    from odc.geo.geobox import GeoBox
-    import shapely
-    from pyproj import CRS
 
     grid = GeoBox((32, 32), Affine(0.5, 0, 500000, 0, -0.5, 4000016), "EPSG:32611")
     n = 70_000

@@ -27,7 +27,6 @@ DEPLOY = REPO / "deploy"
 sys.path.insert(0, str(DEPLOY / "aws"))
 import launch  # noqa: E402
 
-
 # --- Kubernetes ------------------------------------------------------------------------
 
 def crd_schema(kind: str) -> dict:

@@ -14,10 +14,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from odc.geo.geobox import GeoBox
 
-from sn5dask.errors import LabelError
 from sn5dask.core.labels import parse_road_labels
 from sn5dask.core.masks import MASK_KINDS, burn_chip_masks
-from sn5dask.core.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
+from sn5dask.core.stretch import (
+    band_cut,
+    band_histograms,
+    percentiles_from_histogram,
+    stretch_to_uint8,
+)
+from sn5dask.errors import LabelError
 
 pytestmark = pytest.mark.faults
 GRID = GeoBox((40, 50), Affine(2.7e-6, 0, -115.2, 0, -2.7e-6, 36.18), "EPSG:4326")

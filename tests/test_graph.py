@@ -9,9 +9,10 @@ import dask
 import numpy as np
 import pytest
 
-from sn5dask.runner.chiptask import ChipJob
 from sn5dask.config import load_config
 from sn5dask.errors import ImageError
+from sn5dask.outputs.layout import AoiLayout
+from sn5dask.runner.chiptask import ChipJob
 from sn5dask.runner.graph import (
     MIN_CHIP_TASKS,
     SCAN_BATCH_BYTES,
@@ -22,7 +23,6 @@ from sn5dask.runner.graph import (
     scan_graph,
     scan_tree,
 )
-from sn5dask.outputs.layout import AoiLayout
 from sn5dask.testing import MemoryWriter, fake_aoi
 
 AOI = "AOI_98_Fake"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pyproj import CRS
 
-from sn5dask.errors import LabelError
 from sn5dask.core.labels import parse_road_labels
+from sn5dask.errors import LabelError
 
 
 def fc(features: list, crs: str | None = None) -> str:

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from sn5dask.errors import ManifestError, ParamsChangedError
-from sn5dask.outputs.layout import AoiLayout
 from sn5dask.io.catalog import ChipRecord
+from sn5dask.outputs.layout import AoiLayout
 from sn5dask.outputs.manifest import ChipEntry, Manifest, OutputState
 
 PARAMS = {"profile": "sn5dask", "bands": [5, 3, 2], "percentiles": [2.0, 98.0],

@@ -22,9 +22,9 @@ import sn5dask
 from sn5dask.core.labels import parse_road_labels
 from sn5dask.core.masks import (
     burn_chip_masks,
+    burn_speed_classes,
     cresi_utm_crs,
     masks_from_speed_classes,
-    burn_speed_classes,
     utm_crs_containing,
     zero_under_nodata,
 )

@@ -13,11 +13,10 @@ import rasterio
 import xarray as xr
 
 import sn5dask
-
 from sn5dask.config import load_config
+from sn5dask.core.stretch import band_cut, stretch_to_uint8
 from sn5dask.errors import LockError, ParamsChangedError
 from sn5dask.io.lock import RunLock
-from sn5dask.core.stretch import band_cut, stretch_to_uint8
 from tests.conftest import S01, write_tif
 
 AOI = "AOI_99_Synthetic"

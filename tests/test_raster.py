@@ -11,8 +11,16 @@ import pytest
 import rasterio
 from affine import Affine
 
+from sn5dask.core.outputspec import OutputSpec
 from sn5dask.errors import ImageError
-from sn5dask.io.raster import ChipHeader, encode_geotiff, gdal_options, read_chip, read_header, write_geotiff
+from sn5dask.io.raster import (
+    ChipHeader,
+    encode_geotiff,
+    gdal_options,
+    read_chip,
+    read_header,
+    write_geotiff,
+)
 from tests.conftest import S01, S02, write_tif
 
 BANDS = (5, 3, 2)
@@ -63,7 +71,7 @@ def test_geotiff_keeps_georeferencing_exactly(tmp_path: Path) -> None:
     header = read_header(str(source))
     rgb = np.random.default_rng(0).integers(0, 255, (3, 1300, 1300), dtype=np.uint8)
     out = tmp_path / "sub" / "rgb.tif"
-    write_geotiff(str(out), rgb, header, nodata=0, photometric="RGB")
+    write_geotiff(str(out), rgb, header, OutputSpec.rgb((5, 3, 2), "deflate"))
     assert not list(out.parent.glob("*.partial"))
     with rasterio.open(out) as dst, rasterio.open(source) as src:
         assert dst.transform == src.transform and dst.crs == src.crs
@@ -81,7 +89,7 @@ def test_every_codec_is_lossless(compress: str, is_mask: bool) -> None:
     header = ChipHeader(600, 700, 1, "uint8", (1.0, 0.0, 0.0, 0.0, -1.0, 0.0), "EPSG:32611", (None,))
     mask = np.zeros((8, 600, 700), np.uint8)
     mask[3, 100:200] = 255
-    with rasterio.MemoryFile(encode_geotiff(mask, header, compress=compress, is_mask=is_mask)) as memfile:
+    with rasterio.MemoryFile(encode_geotiff(mask, header, OutputSpec(compress, is_mask=is_mask))) as memfile:
         with memfile.open() as src:
             assert np.array_equal(src.read(), mask) and src.nodata is None
 
@@ -107,7 +115,7 @@ def test_geotiff_bytes_are_the_same_with_the_crs_parsed_once() -> None:
             with memfile.open(**{**_gtiff_profile(header), "crs": raster._crs(wkt)}) as dst:
                 dst.write(rgb)
             assert memfile.read() == from_wkt
-        with rasterio.MemoryFile(encode_geotiff(rgb, header)) as memfile, memfile.open() as src:
+        with rasterio.MemoryFile(encode_geotiff(rgb, header, OutputSpec("deflate"))) as memfile, memfile.open() as src:
             assert src.crs == rasterio.crs.CRS.from_wkt(wkt)
 
 

@@ -188,11 +188,11 @@ def test_bad_input_outputs_are_right(bad_inputs) -> None:
 
 def test_unreadable_files_simulated_permission_error(good_chip, tmp_path, monkeypatch) -> None:
     """Tests run as root, so a chmod would not stop a read: raise EACCES where the OS would."""
+    from sn5dask.core.stretch import band_cut
     from sn5dask.io import files as storage
     from sn5dask.io.catalog import ChipRecord
-    from sn5dask.runner.chiptask import ChipJob, process_chip
     from sn5dask.outputs.layout import AoiLayout
-    from sn5dask.core.stretch import band_cut
+    from sn5dask.runner.chiptask import ChipJob, process_chip
 
     image, label = good_chip
     config = load_config(None, root=str(image.parent), out=str(tmp_path), formats="geotiff")
@@ -328,10 +328,10 @@ def test_full_disk_leaves_no_partial_or_truncated_file(client, tmp_path, monkeyp
                 real_write(fd)
 
             monkeypatch.setattr(storage.os, "fsync", fsync_until_full)
-            from sn5dask.io.catalog import discover
-            from sn5dask.runner.chiptask import ChipJob, process_chip
-            from sn5dask.outputs.layout import AoiLayout
             from sn5dask.core.stretch import band_cut
+            from sn5dask.io.catalog import discover
+            from sn5dask.outputs.layout import AoiLayout
+            from sn5dask.runner.chiptask import ChipJob, process_chip
 
             config = load_config(None, root=str(aoi.root), out=str(out), formats="geotiff")
             job = ChipJob(config, AoiLayout(str(out), "AOI_99_Synthetic"), tuple(band_cut(100, 900) for _ in range(3)))

@@ -8,7 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from sn5dask.core.speed import binned_value, continuous_value, road_speed, sn3_speed_mph, speed_bin
+from sn5dask.core.speed import (
+    binned_value,
+    continuous_value,
+    road_speed,
+    sn3_speed_mph,
+    speed_bin,
+)
 from tests.conftest import REFDATA
 
 

@@ -10,8 +10,8 @@ import pytest
 import xarray as xr
 import zarr
 
-from sn5dask.io import zarrstore
 from sn5dask.config import MASK_KINDS
+from sn5dask.io import zarrstore
 from sn5dask.io.raster import ChipHeader
 
 UTM_WKT = 'PROJCS["WGS 84 / UTM zone 11N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",-117],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1],AUTHORITY["EPSG","32611"]]'

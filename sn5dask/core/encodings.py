@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sn5dask.core.speed import BIN_VALUE_STEP, BIN_WIDTH_MPH, CONTINUOUS_MAX_MPH, N_SPEED_CHANNELS
+from sn5dask.core.speed import (
+    BIN_VALUE_STEP,
+    BIN_WIDTH_MPH,
+    CONTINUOUS_MAX_MPH,
+    N_SPEED_CHANNELS,
+)
 
 #: The mask kinds sn5dask burns (`--masks`), in the order outputs list them.
 MASK_KINDS = ("binary", "continuous", "binned", "multichannel")

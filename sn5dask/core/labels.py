@@ -18,8 +18,8 @@ import shapely
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 
-from sn5dask.errors import LabelError
 from sn5dask.core.speed import road_speed
+from sn5dask.errors import LabelError
 
 #: GeoJSON's default CRS (RFC 7946): lon/lat on WGS84.
 GEOJSON_DEFAULT_CRS = CRS.from_user_input("OGC:CRS84")

@@ -35,7 +35,12 @@ from shapely.geometry.base import BaseGeometry
 from sn5dask.core.encodings import MASK_KINDS
 from sn5dask.core.labels import RoadLabels
 from sn5dask.core.profiles import Profile, get_profile
-from sn5dask.core.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS, binned_value, continuous_value
+from sn5dask.core.speed import (
+    BIN_VALUE_STEP,
+    N_SPEED_CHANNELS,
+    binned_value,
+    continuous_value,
+)
 
 __all__ = ["MASK_KINDS", "burn_chip_masks", "burn_speed_classes", "masks_from_speed_classes"]
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 
-
 @dataclass(frozen=True)
 class Profile:
     """Every rule that differs between the profiles (DESIGN.md §3, one field per row)."""

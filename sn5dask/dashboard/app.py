@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import panel as pn
 
-from sn5dask.dashboard import data
 from sn5dask.core.encodings import SPEED_BINS
+from sn5dask.dashboard import data
 from sn5dask.io.files import normalise_location
 from sn5dask.outputs.layout import AoiLayout
 

@@ -17,13 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from sn5dask.io import files
 from sn5dask.core.encodings import SPEED_BINS
+from sn5dask.core.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS, speed_bin
+from sn5dask.core.stretch import (
+    band_cut,
+    band_histograms,
+    percentiles_from_histogram,
+    stretch_to_uint8,
+)
 from sn5dask.errors import ManifestError
+from sn5dask.io import files
 from sn5dask.outputs.layout import STATS_NAME, AoiLayout, layouts_under
 from sn5dask.outputs.manifest import Manifest
-from sn5dask.core.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS, speed_bin
-from sn5dask.core.stretch import band_cut, band_histograms, percentiles_from_histogram, stretch_to_uint8
 
 STATUS_COLOURS = {"ok": "#2ca02c", "skipped": "#ff7f0e", "failed": "#d62728", "pending": "#9e9e9e"}
 

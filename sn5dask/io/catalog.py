@@ -21,9 +21,9 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from sn5dask.io import files
-from sn5dask.errors import AccessDeniedError, ConfigError, NoChipsError
 from sn5dask.core.names import file_stem, output_name, sanitise
+from sn5dask.errors import AccessDeniedError, ConfigError, NoChipsError
+from sn5dask.io import files
 
 __all__ = ["AoiCatalog", "ChipRecord", "aoi_for_image", "aoi_from_name", "chip_id_from_name",
            "discover", "output_name", "sanitise"]

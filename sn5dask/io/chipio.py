@@ -18,8 +18,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from sn5dask.io import files, raster
 from sn5dask.core.grid import ChipHeader
+from sn5dask.core.outputspec import OutputSpec
+from sn5dask.io import files, raster
 
 
 @runtime_checkable
@@ -47,20 +48,9 @@ class OutputWriter(Protocol):
     """Writes a run's outputs. Every write is atomic: a final name only ever holds complete
     content. URLs come from `layout.AoiLayout`."""
 
-    def write_geotiff(
-        self,
-        url: str,
-        array: np.ndarray,
-        header: ChipHeader,
-        *,
-        compress: str,
-        is_mask: bool = False,
-        nodata: float | None = None,
-        photometric: str | None = None,
-        descriptions: Sequence[str] | None = None,
-    ) -> int:
-        """A (band, y, x) or (y, x) uint8 array on the chip's grid, as a tiled GeoTIFF;
-        returns the file's size in bytes."""
+    def write_geotiff(self, url: str, array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> int:
+        """A (band, y, x) or (y, x) uint8 array on the chip's grid, as a tiled GeoTIFF
+        encoded as `spec` says; returns the file's size in bytes."""
         ...
 
     def create_zarr(
@@ -138,22 +128,8 @@ class FileWriter:
     """GeoTIFFs through rasterio, the Zarr store through zarr, small files through fsspec
     (local or S3). Stateless; zarr is imported only by runs that write the store."""
 
-    def write_geotiff(
-        self,
-        url: str,
-        array: np.ndarray,
-        header: ChipHeader,
-        *,
-        compress: str,
-        is_mask: bool = False,
-        nodata: float | None = None,
-        photometric: str | None = None,
-        descriptions: Sequence[str] | None = None,
-    ) -> int:
-        return raster.write_geotiff(
-            url, array, header, compress=compress, is_mask=is_mask, nodata=nodata,
-            photometric=photometric, descriptions=descriptions,
-        )  # fmt: skip
+    def write_geotiff(self, url: str, array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> int:
+        return raster.write_geotiff(url, array, header, spec)
 
     def create_zarr(
         self,

@@ -20,8 +20,8 @@ from typing import Any
 
 import filelock
 
-from sn5dask.io import files
 from sn5dask.errors import LockError
+from sn5dask.io import files
 
 BREAK_LOCK_FLAG = "--break-lock"
 

@@ -20,11 +20,10 @@ from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.session import DummySession, Session
 
-from sn5dask.io import chipcache, files
-from sn5dask.core.encodings import COMPRESSIONS
 from sn5dask.core.grid import ChipHeader
+from sn5dask.core.outputspec import OutputSpec
 from sn5dask.errors import ImageError, TooFewBandsError
-
+from sn5dask.io import chipcache, files
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 #: How often this process decoded each chip's pixels (benchmarks read it from every worker
@@ -32,27 +31,6 @@ SUPPORTED_DTYPES = ("uint8", "uint16")
 PIXEL_READS: Counter[str] = Counter()
 #: Largest GeoTIFF tile side; tiles are sized to fit the chip (see `block_size`).
 MAX_BLOCK_SIZE = 1024
-# Codec settings per output kind, measured on a full-size chip (benchmarks/bench_encode.py):
-# - RGB imagery: horizontal differencing helps, and DEFLATE level 1 writes files within
-#   1 % of level 6's size in three quarters of the time (46 vs 62 ms).
-# - Masks: long runs of equal values; differencing only adds edges. With libdeflate,
-#   level 5 writes the four masks of a chip in 38 ms against 49 ms at GDAL's default 6,
-#   for 12 % more bytes (141 instead of 126 kB); levels 1-4 are no faster and up to
-#   1.8x larger.
-_IMAGE_CODEC: dict[str, dict[str, str | int]] = {
-    "deflate": {"compress": "deflate", "predictor": 2, "zlevel": 1},
-    "zstd": {"compress": "zstd", "predictor": 2, "zstd_level": 1},
-    "lzw": {"compress": "lzw", "predictor": 2},
-    "none": {},
-}
-_MASK_CODEC: dict[str, dict[str, str | int]] = {
-    "deflate": {"compress": "deflate", "zlevel": 5},
-    "zstd": {"compress": "zstd", "zstd_level": 1},
-    "lzw": {"compress": "lzw"},
-    "none": {},
-}
-
-
 def gdal_options(url: str | None = None) -> dict[str, str]:
     """GDAL settings for a read/write of `url`, derived from the environment of this
     process (called on workers, so their environment counts).
@@ -222,46 +200,19 @@ def band_indexes(bands: Sequence[int]) -> list[int]:
     return [b - 1 for b in bands]
 
 
-def encode_geotiff(
-    array: np.ndarray,
-    header: ChipHeader,
-    *,
-    compress: str = "deflate",
-    nodata: float | None = None,
-    photometric: str | None = None,
-    is_mask: bool = False,
-    descriptions: Sequence[str] | None = None,
-) -> bytes:
+def encode_geotiff(array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> bytes:
     """GeoTIFF bytes of a (band, y, x) or (y, x) uint8 array on the chip's grid, written by
-    GDAL (through rasterio) into memory.
+    GDAL (through rasterio) into memory, encoded as `spec` says.
 
-    Tiled (`block_size`) with the given lossless codec (settings per kind: `_IMAGE_CODEC`,
-    `_MASK_CODEC`); CRS and transform copied exactly. GDAL's fixed cost per file is kept
-    small with its own settings: creation options are not validated again for every file
-    (`GDAL_VALIDATE_CREATION_OPTIONS=NO`; they are fixed here) and each CRS is parsed once
-    per process (`_crs`).
+    Tiled (`block_size`) with the spec's lossless codec; CRS and transform copied exactly.
+    GDAL's fixed cost per file is kept small with its own settings: creation options are
+    not validated again for every file (`GDAL_VALIDATE_CREATION_OPTIONS=NO`; they are
+    fixed here) and each CRS is parsed once per process (`_crs`).
     """
-    if compress not in COMPRESSIONS:
-        raise ValueError(f"unknown compression {compress!r}; choose from {COMPRESSIONS}")
     if array.ndim == 2:
         array = array[np.newaxis]
-    profile: dict[str, object] = dict(_geotiff_profile(array, compress, is_mask))
-    profile.update(crs=_crs(header.crs_wkt), transform=rasterio.Affine(*header.transform[:6]),
-                   nodata=nodata)  # fmt: skip
-    if photometric:
-        profile["photometric"] = photometric
-    with gdal_env("memory"), rasterio.Env(GDAL_VALIDATE_CREATION_OPTIONS="NO"), MemoryFile() as memfile:
-        with memfile.open(**profile) as dst:
-            dst.write(array)
-            if descriptions is not None:
-                dst.descriptions = tuple(descriptions)
-        return memfile.read()
-
-
-def _geotiff_profile(array: np.ndarray, compress: str, is_mask: bool) -> dict[str, str | int]:
-    """GDAL's creation profile of a (band, y, x) array, without its grid."""
     count, height, width = array.shape
-    profile: dict[str, str | int] = {
+    profile: dict[str, object] = {
         "driver": "GTiff",
         "height": height,
         "width": width,
@@ -271,9 +222,19 @@ def _geotiff_profile(array: np.ndarray, compress: str, is_mask: bool) -> dict[st
         "tiled": True,
         "blockysize": block_size(height),
         "blockxsize": block_size(width),
+        **spec.codec_options(),
+        "crs": _crs(header.crs_wkt),
+        "transform": rasterio.Affine(*header.transform[:6]),
+        "nodata": spec.nodata,
     }
-    profile.update((_MASK_CODEC if is_mask else _IMAGE_CODEC)[compress])
-    return profile
+    if spec.photometric:
+        profile["photometric"] = spec.photometric
+    with gdal_env("memory"), rasterio.Env(GDAL_VALIDATE_CREATION_OPTIONS="NO"), MemoryFile() as memfile:
+        with memfile.open(**profile) as dst:
+            dst.write(array)
+            if spec.descriptions is not None:
+                dst.descriptions = spec.descriptions
+        return memfile.read()
 
 
 @functools.lru_cache(maxsize=16)
@@ -293,22 +254,9 @@ def block_size(side: int) -> int:
     return 16 * math.ceil(math.ceil(side / n_tiles) / 16)
 
 
-def write_geotiff(
-    url: str,
-    array: np.ndarray,
-    header: ChipHeader,
-    *,
-    compress: str = "deflate",
-    nodata: float | None = None,
-    photometric: str | None = None,
-    is_mask: bool = False,
-    descriptions: Sequence[str] | None = None,
-) -> int:
+def write_geotiff(url: str, array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> int:
     """Encode (`encode_geotiff`) and write atomically (`.partial` + rename locally, one PUT
     on S3); returns the file's size in bytes."""
-    data = encode_geotiff(
-        array, header, compress=compress, nodata=nodata, photometric=photometric, is_mask=is_mask,
-        descriptions=descriptions,
-    )
+    data = encode_geotiff(array, header, spec)
     files.write_bytes_atomic(url, data)
     return len(data)

@@ -37,11 +37,15 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from sn5dask.io import files
-from sn5dask.core.encodings import MASK_KINDS
-from sn5dask.core.encodings import MASK_ENCODINGS, RGB_VALUES, rgb_descriptions
+from sn5dask.core.encodings import (
+    MASK_ENCODINGS,
+    MASK_KINDS,
+    RGB_VALUES,
+    rgb_descriptions,
+)
 from sn5dask.core.grid import ChipHeader
 from sn5dask.core.speed import N_SPEED_CHANNELS
+from sn5dask.io import files
 
 COORDINATES = "chip_id transform crs height width has_labels"
 # Zstandard level 1: the same size as zarr's default (level 3) on chips and masks, written

@@ -19,10 +19,16 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sn5dask.core.encodings import MASK_ENCODINGS, RGB_VALUES, ROAD, SPEED_BINS, rgb_descriptions
+from sn5dask.core.encodings import (
+    MASK_ENCODINGS,
+    RGB_VALUES,
+    ROAD,
+    SPEED_BINS,
+    rgb_descriptions,
+)
+from sn5dask.core.grid import ChipHeader
 from sn5dask.outputs.layout import FOLDS_NAME
 from sn5dask.outputs.manifest import ChipEntry, Manifest
-from sn5dask.core.grid import ChipHeader
 
 STAC_VERSION = "1.0.0"
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"

@@ -16,14 +16,14 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
 
+from sn5dask.core.grid import ChipHeader
+from sn5dask.errors import ChipError, ManifestError, Sn5daskError
 from sn5dask.io import files
 from sn5dask.io.catalog import discover
 from sn5dask.io.chipio import FileWriter, read_json
-from sn5dask.errors import ChipError, ManifestError, Sn5daskError
+from sn5dask.io.raster import gdal_env, gdal_path, read_header
 from sn5dask.outputs.layout import RGB_OUTPUT, AoiLayout, ZarrRef, layouts_under
 from sn5dask.outputs.manifest import ChipEntry, Manifest
-from sn5dask.core.grid import ChipHeader
-from sn5dask.io.raster import gdal_env, gdal_path, read_header
 
 EXPECTED_BANDS = {"binary": 1, "continuous": 1, "binned": 1, "multichannel": 8}
 

@@ -24,9 +24,9 @@ import numpy as np
 import xarray as xr
 from affine import Affine
 
+from sn5dask.errors import Sn5daskError
 from sn5dask.io.catalog import discover
 from sn5dask.io.chipio import ChipReader, RasterioReader
-from sn5dask.errors import Sn5daskError
 from sn5dask.io.files import normalise_location
 from sn5dask.runner.graph import scan_graph
 

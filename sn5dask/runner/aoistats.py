@@ -16,12 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from sn5dask.core.grid import ChipHeader
+from sn5dask.core.stretch import (
+    UINT16_BINS,
+    band_histograms,
+    percentiles_from_histogram,
+)
+from sn5dask.errors import TooFewBandsError, guard_chip
 from sn5dask.io import chipcache
 from sn5dask.io.catalog import ChipRecord
 from sn5dask.io.chipio import ChipReader
-from sn5dask.errors import TooFewBandsError, guard_chip
-from sn5dask.core.grid import ChipHeader
-from sn5dask.core.stretch import UINT16_BINS, band_histograms, percentiles_from_histogram
 
 
 @dataclass

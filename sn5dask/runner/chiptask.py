@@ -17,18 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sn5dask.io import chipcache
-from sn5dask.io.catalog import ChipRecord
-from sn5dask.io.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader
 from sn5dask.config import RunConfig
-from sn5dask.core.encodings import MASK_ENCODINGS, rgb_descriptions
-from sn5dask.errors import ChipError, LabelError, guard_chip
-from sn5dask.core.labels import parse_road_labels
-from sn5dask.outputs.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout
-from sn5dask.outputs.manifest import ChipEntry, ChipStatus
-from sn5dask.core.masks import burn_chip_masks
 from sn5dask.core.grid import ChipHeader
-from sn5dask.io.raster import band_indexes
+from sn5dask.core.labels import parse_road_labels
+from sn5dask.core.masks import burn_chip_masks
+from sn5dask.core.outputspec import OutputSpec
 from sn5dask.core.stretch import (
     BandCut,
     band_cut,
@@ -37,6 +30,13 @@ from sn5dask.core.stretch import (
     stretch_to_uint8,
     zero_fractions,
 )
+from sn5dask.errors import ChipError, LabelError, guard_chip
+from sn5dask.io import chipcache
+from sn5dask.io.catalog import ChipRecord
+from sn5dask.io.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader
+from sn5dask.io.raster import band_indexes
+from sn5dask.outputs.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout
+from sn5dask.outputs.manifest import ChipEntry, ChipStatus
 
 
 @dataclass(frozen=True)
@@ -162,13 +162,7 @@ def _process(
         started = time.perf_counter()
         path = layout.rgb_relpath(chip.output_name)
         result.entry.output_bytes[RGB_OUTPUT] = writer.write_geotiff(
-            layout.url(path),
-            rgb,
-            header,
-            compress=config.compress,
-            nodata=0,
-            photometric="RGB" if rgb.shape[0] == 3 else None,
-            descriptions=rgb_descriptions(config.bands),
+            layout.url(path), rgb, header, OutputSpec.rgb(config.bands, config.compress)
         )
         result.entry.outputs[RGB_OUTPUT] = path
         timings["write_rgb"] = time.perf_counter() - started
@@ -187,8 +181,7 @@ def _process(
         for kind, mask in masks.items():
             path = layout.mask_relpath(kind, chip.output_name)
             result.entry.output_bytes[kind] = writer.write_geotiff(
-                layout.url(path), mask, header, compress=config.compress, is_mask=True,
-                descriptions=MASK_ENCODINGS[kind].bands,
+                layout.url(path), mask, header, OutputSpec.mask(kind, config.compress)
             )
             result.entry.outputs[kind] = path
         timings["write_masks"] = time.perf_counter() - started

@@ -206,7 +206,7 @@ def prepare_worker() -> None:
     imports, GDAL set-up and PROJ's UTM table. Idempotent (cheap on a warm worker)."""
     from sn5dask.core import masks
     from sn5dask.io import raster
-    from sn5dask.runner import aoistats, chiptask# noqa: F401
+    from sn5dask.runner import aoistats, chiptask  # noqa: F401
 
     with raster.gdal_env("local"):
         masks.utm_crs_containing(0.0, 0.0)  # reads PROJ's UTM table once per process

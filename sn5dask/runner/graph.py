@@ -22,9 +22,9 @@ from typing import TypeVar
 import dask
 from dask.delayed import Delayed
 
-from sn5dask.runner.aoistats import combine_scans, finalize_scan, scan_chips
 from sn5dask.io.catalog import ChipRecord
 from sn5dask.io.chipio import ChipReader, RasterioReader
+from sn5dask.runner.aoistats import combine_scans, finalize_scan, scan_chips
 from sn5dask.runner.chiptask import ChipJob, process_chip_batch
 
 TREE_FAN_IN = 8

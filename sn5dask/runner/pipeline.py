@@ -25,11 +25,26 @@ from typing import Any, Protocol
 import numpy as np
 from distributed import Client, as_completed
 
+from sn5dask.config import RunConfig
+from sn5dask.core.folds import folds_csv, spatial_folds
+from sn5dask.core.masks import grid_centre_lonlat
+from sn5dask.core.stretch import band_cut
+from sn5dask.errors import ConfigError, ManifestError, ParamsChangedError, Sn5daskError
 from sn5dask.io import files
-from sn5dask.outputs import stac
-from sn5dask.runner.aoistats import AoiStats
 from sn5dask.io.catalog import AoiCatalog, ChipRecord, discover, input_folders
-from sn5dask.io.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader, read_json, write_json
+from sn5dask.io.chipio import (
+    ChipReader,
+    FileWriter,
+    OutputWriter,
+    RasterioReader,
+    read_json,
+    write_json,
+)
+from sn5dask.io.lock import RunLock
+from sn5dask.outputs import stac
+from sn5dask.outputs.layout import AoiLayout, layouts_under, output_overlaps_input
+from sn5dask.outputs.manifest import ChipEntry, Manifest, OutputState
+from sn5dask.runner.aoistats import AoiStats
 from sn5dask.runner.chiptask import ChipJob, ChipResult
 from sn5dask.runner.cluster import (
     check_main_guard,
@@ -38,15 +53,7 @@ from sn5dask.runner.cluster import (
     scheduler_address,
     warm_up_workers,
 )
-from sn5dask.config import RunConfig
-from sn5dask.errors import ConfigError, ManifestError, ParamsChangedError, Sn5daskError
-from sn5dask.core.folds import folds_csv, spatial_folds
 from sn5dask.runner.graph import chip_tasks, scan_graph
-from sn5dask.outputs.layout import AoiLayout, layouts_under, output_overlaps_input
-from sn5dask.io.lock import RunLock
-from sn5dask.outputs.manifest import ChipEntry, Manifest, OutputState
-from sn5dask.core.masks import grid_centre_lonlat
-from sn5dask.core.stretch import band_cut
 from sn5dask.versions import versions
 
 log = logging.getLogger("sn5dask")
