@@ -35,12 +35,12 @@ def _worker_state() -> dict[str, bool]:
     import sys
 
     utm_table = False
-    if "sn5dask.core.masks" in sys.modules:
+    if "sn5dask.core.crs" in sys.modules:
         # (an import statement, not sys.modules: it waits while the warm-up task is still
         # importing the module in the worker's task thread)
-        import sn5dask.core.masks
+        import sn5dask.core.crs
 
-        utm_table = sn5dask.core.masks._wgs84_utm_zones.cache_info().currsize == 1
+        utm_table = sn5dask.core.crs._wgs84_utm_zones.cache_info().currsize == 1
     return {
         "chiptask": "sn5dask.runner.chiptask" in sys.modules,
         "aoistats": "sn5dask.runner.aoistats" in sys.modules,

@@ -20,12 +20,11 @@ from rasterio.features import rasterize
 
 import sn5dask
 from sn5dask.core.labels import parse_road_labels
+from sn5dask.core.crs import cresi_utm_crs, utm_crs_containing
 from sn5dask.core.masks import (
     burn_chip_masks,
     burn_speed_classes,
-    cresi_utm_crs,
     masks_from_speed_classes,
-    utm_crs_containing,
     zero_under_nodata,
 )
 from tests.conftest import S02, SOLARIS_ROAD

@@ -4,6 +4,7 @@ type, nodata), passed everywhere instead of open datasets. Pure: no file is open
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,3 +30,8 @@ class ChipHeader:
         from odc.geo.geobox import GeoBox  # only chip tasks need it, not the scan pass
 
         return GeoBox((self.height, self.width), Affine(*self.transform), self.crs_wkt)
+
+
+def band_indexes(bands: Sequence[int]) -> list[int]:
+    """0-based indexes of 1-based band numbers."""
+    return [b - 1 for b in bands]

@@ -210,7 +210,7 @@ def _document_crs(document: dict[str, Any], source: str) -> CRS:
 @functools.lru_cache(maxsize=64)
 def _named_crs(name: str) -> CRS:
     """One CRS object per name and process: an AOI's labels all name the same one, and
-    the masks keep their transformers per CRS object (`masks.reproject_geometries`)."""
+    the masks keep their transformers per CRS object (`crs.reproject_geometries`)."""
     return CRS.from_user_input(name)
 
 

@@ -19,19 +19,16 @@ Both profiles reproject the buffered roads into the raster's CRS (CRESI never do
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import shapely
 from odc.geo.geobox import GeoBox
-from pyproj import CRS, Transformer
-from pyproj.database import query_utm_crs_info
 from rasterio.features import rasterize
 from shapely.geometry.base import BaseGeometry
 
+from sn5dask.core.crs import grid_crs, cresi_utm_crs, grid_centre_lonlat, metric_crs_containing, reproject_geometries
 from sn5dask.core.encodings import MASK_KINDS
 from sn5dask.core.labels import RoadLabels
 from sn5dask.core.profiles import Profile, get_profile
@@ -94,7 +91,7 @@ def burn_speed_classes(
     if not rules.burn_roads_without_speed:
         in_utm = [(p, c) for p, c in in_utm if np.isfinite(class_speeds[c - 1])]
     geometries = reproject_geometries(
-        np.array([p for p, _ in in_utm], dtype=object), utm, _grid_crs(grid)
+        np.array([p for p, _ in in_utm], dtype=object), utm, grid_crs(grid)
     )
     finite = _finite_geometries(geometries)
     if not finite.all():
@@ -203,125 +200,6 @@ def _warn(warnings: list[str] | None, text: str) -> None:
         warnings.append(text)
 
 
-def reproject_geometries(geometries: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
-    """Reproject shapely geometries with an always-xy transformer (as geopandas does)."""
-    if src is dst or src == dst:
-        return geometries
-    transformer = _transformer_between(src, dst)
-
-    def transform_xy(xy: np.ndarray) -> np.ndarray:
-        x, y = transformer.transform(xy[:, 0], xy[:, 1])
-        return np.column_stack([x, y])
-
-    return shapely.transform(geometries, transform_xy)
-
-
-@lru_cache(maxsize=64)
-def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
-    return Transformer.from_crs(CRS.from_wkt(src_wkt), CRS.from_wkt(dst_wkt), always_xy=True)
-
-
-#: (id(src), id(dst)) -> (src, dst, transformer); the entry holds both CRS objects, so
-#: their ids are not reused while it lives.
-_TRANSFORMERS_BY_OBJECT: dict[tuple[int, int], tuple[CRS, CRS, Transformer]] = {}
-
-
-def _transformer_between(src: CRS, dst: CRS) -> Transformer:
-    """`_transformer` for two CRS objects, looked up by identity first: a chip's CRSs are
-    the same few objects every time (cached by odc-geo, `_crs_from_epsg`, the label
-    reader), and their WKT, the cache key, cost ≈0.1 ms to write out per call."""
-    key = (id(src), id(dst))
-    hit = _TRANSFORMERS_BY_OBJECT.get(key)
-    if hit is not None and hit[0] is src and hit[1] is dst:
-        return hit[2]
-    transformer = _transformer(src.to_wkt(), dst.to_wkt())
-    if len(_TRANSFORMERS_BY_OBJECT) >= 256:
-        _TRANSFORMERS_BY_OBJECT.clear()
-    _TRANSFORMERS_BY_OBJECT[key] = (src, dst, transformer)
-    return transformer
-
-
-def grid_centre_lonlat(grid: GeoBox) -> tuple[float, float]:
-    """(lon, lat) of the centre of a grid's footprint."""
-    height, width = grid.shape.yx
-    x, y = grid.affine @ (width / 2.0, height / 2.0)
-    source = _grid_crs(grid)
-    lonlat = _crs_from_epsg(4326)
-    if source is lonlat or source == lonlat:
-        return float(x), float(y)
-    lon, lat = _transformer_between(source, lonlat).transform(x, y)
-    return float(lon), float(lat)
-
-
-@lru_cache(maxsize=1)
-def _wgs84_utm_zones() -> tuple[tuple[str, float, float, float, float], ...]:
-    # PROJ's own list of WGS84 UTM CRSs with their areas of use, read once: the same data
-    # `query_utm_crs_info` (and so geopandas' `estimate_utm_crs`) searches, which costs
-    # ~70 ms per call, too much to spend per chip.
-    zones = []
-    for info in query_utm_crs_info(datum_name="WGS 84"):
-        if not (info.code.startswith("326") or info.code.startswith("327")):
-            continue
-        area = info.area_of_use
-        if area is None:
-            continue
-        zones.append((info.code, area.west, area.south, area.east, area.north))
-    return tuple(zones)
-
-
-def utm_crs_containing(lon: float, lat: float) -> CRS:
-    """The WGS84 UTM CRS (EPSG 326xx/327xx) whose area of use contains (lon, lat).
-
-    On a zone edge the first zone in PROJ's order wins, as in geopandas' estimate_utm_crs.
-    """
-    for code, west, south, east, north in _wgs84_utm_zones():
-        if west <= lon <= east and south <= lat <= north:
-            return _crs_from_epsg(int(code))
-    raise ValueError(f"no WGS84 UTM zone contains lon {lon}, lat {lat}")
-
-
-#: WGS 84 / UPS North (N,E) and South: the metric CRSs beyond the UTM zones (84°N, 80°S).
-UPS_NORTH_EPSG = 32661
-UPS_SOUTH_EPSG = 32761
-
-
-def metric_crs_containing(lon: float, lat: float) -> CRS:
-    """The metric CRS for the buffer: the WGS84 UTM zone containing (lon, lat), or, beyond
-    the UTM zones (north of 84°N, south of 80°S), Universal Polar Stereographic."""
-    try:
-        return utm_crs_containing(lon, lat)
-    except ValueError:
-        if not (np.isfinite(lon) and np.isfinite(lat)):
-            raise
-        return _crs_from_epsg(UPS_NORTH_EPSG if lat > 0 else UPS_SOUTH_EPSG)
-
-
-@lru_cache(maxsize=256)
-def _crs_from_epsg(code: int) -> CRS:
-    return CRS.from_epsg(code)
-
-
-def cresi_utm_crs(lines: np.ndarray, label_crs: CRS) -> CRS:
-    """CRESI's UTM CRS: zone from the longitude of the centroid of all lines, northern.
-
-    (osmnx_funcs.project_gdf: zone = floor((lon + 180) / 6) + 1, `+proj=utm +zone=N`.)
-    A projected label CRS is first converted to lon/lat (CRESI would crash there).
-    """
-    centroid = shapely.union_all(lines).centroid
-    lon = centroid.x
-    if not label_crs.is_geographic:
-        lon, _ = _transformer(label_crs.to_wkt(), CRS.from_epsg(4326).to_wkt()).transform(
-            centroid.x, centroid.y
-        )
-    zone = int(math.floor((lon + 180.0) / 6.0) + 1)
-    return _cresi_utm(zone)
-
-
-@lru_cache(maxsize=64)
-def _cresi_utm(zone: int) -> CRS:
-    return CRS.from_proj4(f"+proj=utm +zone={zone} +ellps=WGS84 +datum=WGS84 +units=m +no_defs")
-
-
 def zero_under_nodata(
     classes: np.ndarray, image: np.ndarray, profile: str | Profile = "sn5dask"
 ) -> np.ndarray:
@@ -422,10 +300,3 @@ def burn_chip_masks(
             speed_classes.roads_on_chip,
         )
     return masks_from_speed_classes(speed_classes, kinds)
-
-
-def _grid_crs(grid: GeoBox) -> CRS:
-    """The grid's CRS as a pyproj CRS (a chip without one never gets this far)."""
-    if grid.crs is None:
-        raise ValueError("the chip grid has no CRS: masks cannot be placed")
-    return grid.crs.proj

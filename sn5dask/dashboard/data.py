@@ -242,7 +242,7 @@ def _label_lines(label: str, transform: Any, crs: Any) -> list[np.ndarray]:
     from pyproj import CRS
 
     from sn5dask.core.labels import parse_road_labels
-    from sn5dask.core.masks import reproject_geometries
+    from sn5dask.core.crs import reproject_geometries
 
     try:
         roads = parse_road_labels(files.read_bytes(label), label)
@@ -279,7 +279,7 @@ def speed_distribution(layout: AoiLayout, manifest: Manifest, max_chips: int = 2
     from pyproj import CRS
 
     from sn5dask.core.labels import parse_road_labels
-    from sn5dask.core.masks import metric_crs_containing, reproject_geometries
+    from sn5dask.core.crs import metric_crs_containing, reproject_geometries
     from sn5dask.io.raster import gdal_env, gdal_path
 
     done = [cid for cid, e in manifest.chips.items() if e.done and "binned" in e.outputs and e.label]

@@ -20,7 +20,7 @@ import numpy as np
 
 from sn5dask.core.grid import ChipHeader
 from sn5dask.core.outputspec import OutputSpec
-from sn5dask.io import files, raster
+from sn5dask.io import files
 
 
 @runtime_checkable
@@ -113,11 +113,15 @@ class RasterioReader:
     fsspec. Stateless."""
 
     def read_header(self, path: str, bands: Sequence[int] = ()) -> ChipHeader:
+        from sn5dask.io import raster  # on the workers: the client needs no rasterio
+
         return raster.read_header(path, bands)
 
     def read_bands(
         self, path: str, bands: Sequence[int], *, all_bands: bool = False
     ) -> tuple[ChipHeader, np.ndarray]:
+        from sn5dask.io import raster
+
         return raster.read_chip(path, bands, all_bands=all_bands)
 
     def read_label(self, url: str, max_bytes: int | None = None) -> bytes:
@@ -129,6 +133,8 @@ class FileWriter:
     (local or S3). Stateless; zarr is imported only by runs that write the store."""
 
     def write_geotiff(self, url: str, array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> int:
+        from sn5dask.io import raster
+
         return raster.write_geotiff(url, array, header, spec)
 
     def create_zarr(

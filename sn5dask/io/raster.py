@@ -20,7 +20,7 @@ from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.session import DummySession, Session
 
-from sn5dask.core.grid import ChipHeader
+from sn5dask.core.grid import ChipHeader, band_indexes  # noqa: F401  (band_indexes: importable here too)
 from sn5dask.core.outputspec import OutputSpec
 from sn5dask.errors import ImageError, TooFewBandsError
 from sn5dask.io import chipcache, files
@@ -193,11 +193,6 @@ def _describe(exc: BaseException) -> str:
     if cause is not None and str(cause) and "See previous exception" in str(exc):
         return f"{exc}".split(". See previous", 1)[0] + f": {cause}"
     return str(exc) or type(exc).__name__
-
-
-def band_indexes(bands: Sequence[int]) -> list[int]:
-    """0-based indexes of 1-based band numbers."""
-    return [b - 1 for b in bands]
 
 
 def encode_geotiff(array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> bytes:

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sn5dask.config import RunConfig
-from sn5dask.core.grid import ChipHeader
+from sn5dask.core.grid import ChipHeader, band_indexes
 from sn5dask.core.labels import parse_road_labels
-from sn5dask.core.masks import burn_chip_masks
 from sn5dask.core.outputspec import OutputSpec
 from sn5dask.core.stretch import (
     BandCut,
@@ -34,7 +33,6 @@ from sn5dask.errors import ChipError, LabelError, guard_chip
 from sn5dask.io import chipcache
 from sn5dask.io.catalog import ChipRecord
 from sn5dask.io.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader
-from sn5dask.io.raster import band_indexes
 from sn5dask.outputs.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout
 from sn5dask.outputs.manifest import ChipEntry, ChipStatus
 
@@ -242,6 +240,10 @@ def _burn(
     image: np.ndarray,
     result: ChipResult,
 ) -> dict[str, np.ndarray]:
+    # Imported here, in the worker's first chip task (or the fork server's preload), not
+    # with this module: the client imports it for `ChipJob` and needs no rasterio.
+    from sn5dask.core.masks import burn_chip_masks
+
     assert chip.label is not None
     config = job.config
     max_bytes = int(config.max_label_mb * 2**20)

@@ -204,9 +204,9 @@ def warm_up_workers(client: Client) -> None:
 def prepare_worker() -> None:
     """Everything a worker process needs before its first chip, in one place: the chip-task
     imports, GDAL set-up and PROJ's UTM table. Idempotent (cheap on a warm worker)."""
-    from sn5dask.core import masks
+    from sn5dask.core import crs, masks  # noqa: F401
     from sn5dask.io import raster
     from sn5dask.runner import aoistats, chiptask  # noqa: F401
 
     with raster.gdal_env("local"):
-        masks.utm_crs_containing(0.0, 0.0)  # reads PROJ's UTM table once per process
+        crs.utm_crs_containing(0.0, 0.0)  # reads PROJ's UTM table once per process

@@ -27,7 +27,7 @@ from distributed import Client, as_completed
 
 from sn5dask.config import RunConfig
 from sn5dask.core.folds import folds_csv, spatial_folds
-from sn5dask.core.masks import grid_centre_lonlat
+from sn5dask.core.crs import grid_centre_lonlat
 from sn5dask.core.stretch import band_cut
 from sn5dask.errors import ConfigError, ManifestError, ParamsChangedError, Sn5daskError
 from sn5dask.io import files
