@@ -1,0 +1,74 @@
+"""`sn5dask run` as a whole process (interpreter start to exit) on full-size chips, against
+another checkout of sn5dask and the plain 2-process script, alternating, as issue reviews
+compare them. Prints each run's wall time and the medians.
+
+    python ../shared/bench/make_aoi.py --chips 24 --out /tmp/aoi24
+    git worktree add /tmp/before <commit>          # the code to compare with (optional)
+    python benchmarks/bench_whole_process.py /tmp/aoi24 --pairs 5 --before /tmp/before
+
+The first round warms the page cache and is left out. `--before` runs the other checkout
+with PYTHONPATH pointing at it (same interpreter and libraries; its own dependencies, e.g.
+tifffile for code before 2026-12-06, must be installed). The plain script is
+`../shared/bench/bench_ops.py pipeline` (`--no-script` leaves it out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PLAIN_SCRIPT = REPO.parent / "shared" / "bench" / "bench_ops.py"
+MASKS = "binary,continuous,binned,multichannel"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="an AOI folder made by make_aoi.py")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--before", help="another sn5dask checkout to compare with")
+    parser.add_argument("--formats", default="geotiff")
+    parser.add_argument("--no-script", action="store_true")
+    args = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="sn5dask-whole-"))
+    sn5dask = [sys.executable, "-m", "sn5dask.cli", "run", args.root, "--workers", "2",
+               "--masks", MASKS, "--formats", args.formats, "--overwrite"]  # fmt: skip
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {
+        "sn5dask (this checkout)": (sn5dask + ["--out", str(out / "this")], {"PYTHONPATH": str(REPO)}),
+    }
+    if args.before:
+        commands["sn5dask (--before)"] = (sn5dask + ["--out", str(out / "before")], {"PYTHONPATH": args.before})
+    if not args.no_script:
+        commands["plain script"] = ([sys.executable, str(PLAIN_SCRIPT), "pipeline", "--root", args.root,
+                                     "--procs", "2", "--out", str(out / "script")], {})  # fmt: skip
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    try:
+        for round_ in range(args.pairs + 1):
+            for name, (command, env) in commands.items():
+                for folder in out.iterdir():
+                    shutil.rmtree(folder)
+                started = time.perf_counter()
+                done = subprocess.run(command, env={**os.environ, **env}, cwd=out,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                wall = time.perf_counter() - started
+                if done.returncode != 0:
+                    sys.exit(f"{name} failed: {done.stderr[-2000:]}")
+                if round_:
+                    walls[name].append(wall)
+                print(f"{'warm-up' if not round_ else f'round {round_}'}: {name}: {wall:.2f} s", flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    for name, values in walls.items():
+        print(f"{name}: median {statistics.median(values):.2f} s "
+              f"(min {min(values):.2f}, max {max(values):.2f}) over {len(values)} runs")
+
+
+if __name__ == "__main__":
+    main()
