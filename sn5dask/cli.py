@@ -64,7 +64,7 @@ class RichReporter:
 
     def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None:
         # A LocalCluster this run started goes away with it: say so, so nobody bookmarks it.
-        lasts = " (until this run ends)" if closes_with_run else ""
+        lasts = " (until this run ends)" if closes_with_run else " (your cluster's; it stays up)"
         err_console.print(f"dask dashboard: {escape(str(dashboard_link))}{lasts}", highlight=False, soft_wrap=True)
 
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:

@@ -58,6 +58,7 @@ def test_real_scheduler_and_workers_through_the_cli(big_aoi, clean_run, tmp_path
         output, _ = process.communicate(timeout=300)
     assert process.returncode == 0, output
     assert "dask dashboard: http://127.0.0.1:" in output and "16/16" in output
+    assert "(your cluster's; it stays up)" in output and "until this run ends" not in output
     assert snapshot(tmp_path) == clean_run
 
 

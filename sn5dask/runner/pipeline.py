@@ -152,7 +152,8 @@ def run(
         if client is not None or scheduler_address(config.scheduler) is not None:
             check_workers_see_local_paths(active, config, catalogs)
         warm_up_workers(active)
-        reporter.cluster(active.dashboard_link, closes_with_run=client is None)
+        own_cluster = client is None and scheduler_address(config.scheduler) is None
+        reporter.cluster(active.dashboard_link, closes_with_run=own_cluster)
         summaries = []
         for catalog in catalogs:
             try:
