@@ -67,6 +67,9 @@ class RichReporter:
         lasts = " (until this run ends)" if closes_with_run else " (your cluster's; it stays up)"
         err_console.print(f"dask dashboard: {escape(str(dashboard_link))}{lasts}", highlight=False, soft_wrap=True)
 
+    def waiting(self, message: str) -> None:
+        err_console.print(escape(message), highlight=False, soft_wrap=True)
+
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
         if not self.tasks:
             self.progress.start()

@@ -144,3 +144,21 @@ def test_local_paths_the_workers_do_not_see_are_one_line_before_any_chip(small_a
             assert "do not see: give an s3:// URL, or a folder every worker mounts" in " ".join(output.split())
             assert not list(Path(out).rglob("*.tif"))
     assert not list((client_only / "out").glob(".sn5dask-probe-*"))
+
+
+def test_a_scheduler_without_workers_is_said_at_once_and_given_up_clearly(small_aoi, tmp_path) -> None:
+    """A scheduler with no worker: "waiting for workers at ..." within seconds, then, after
+    `sn5dask.worker-wait-timeout`, exit 2 with one line (never a silent hang)."""
+    import time as _time
+
+    with real_cluster(0) as cluster:
+        started = _time.monotonic()
+        process = sn5dask_cli("run", small_aoi.root, "--out", tmp_path / "out", "--scheduler", cluster.address,
+                              env={"DASK_SN5DASK__WORKER_WAIT_TIMEOUT": "4s"})
+        output, _ = process.communicate(timeout=120)
+        elapsed = _time.monotonic() - started
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert process.returncode == 2, output
+    assert lines[0] == f"waiting for workers at {cluster.address} (up to 4 s, sn5dask.worker-wait-timeout)"
+    assert lines[-1].startswith(f"error: --scheduler {cluster.address}: no worker joined within 4 s")
+    assert "Traceback" not in output and elapsed < 60

@@ -56,9 +56,13 @@ class LiveCounts:
     def __init__(self) -> None:
         self.counts: dict[str, data.Progress] = {}
         self.started: dict[str, float] = {}
+        self.waiting_for: str | None = None  # "waiting for workers at ..." until one joins
 
     def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None:
         pass
+
+    def waiting(self, message: str) -> None:
+        self.waiting_for = message
 
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
         self.counts[aoi] = data.Progress(total=total, ok=already_done, failed=already_failed, running=True)

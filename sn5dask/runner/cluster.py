@@ -14,11 +14,12 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import dask.config
+import dask.utils
 from distributed import Client, LocalCluster, fire_and_forget
 
 from sn5dask.errors import ConfigError
@@ -44,7 +45,11 @@ def default_worker_count() -> int:
 
 
 @contextmanager
-def get_client(scheduler: str | None = None, workers: int | None = None) -> Iterator[Client]:
+def get_client(
+    scheduler: str | None = None,
+    workers: int | None = None,
+    on_waiting: Callable[[str], None] | None = None,
+) -> Iterator[Client]:
     """A client for the run; a LocalCluster it starts is closed on exit.
 
     The LocalCluster has one single-threaded worker process per core: the per-chip work
@@ -61,12 +66,39 @@ def get_client(scheduler: str | None = None, workers: int | None = None) -> Iter
                 "and that the scheduler runs and is reachable from here"
             ) from None
         try:
+            wait_for_a_worker(client, address, on_waiting)
             yield client
         finally:
             client.close()
         return
     with environ_kept():
         yield from _local_client(workers)
+
+
+#: dask config key: how long a run waits for the first worker of a scheduler it is given.
+WORKER_WAIT_KEY = "sn5dask.worker-wait-timeout"
+DEFAULT_WORKER_WAIT = "5 minutes"
+
+
+def wait_for_a_worker(
+    client: Client, address: str, on_waiting: Callable[[str], None] | None = None
+) -> None:
+    """Return once the scheduler at `address` has a worker. A scheduler without any (its
+    workers not started yet, or all gone) is said at once through `on_waiting` (the CLI
+    prints it), then waited for up to `sn5dask.worker-wait-timeout` in dask config (default
+    5 minutes); after that, a `ConfigError` says so (no silent hang)."""
+    if client.scheduler_info(n_workers=1)["workers"]:
+        return
+    timeout = dask.utils.parse_timedelta(dask.config.get(WORKER_WAIT_KEY, DEFAULT_WORKER_WAIT))
+    if on_waiting is not None:
+        on_waiting(f"waiting for workers at {address} (up to {timeout:g} s, {WORKER_WAIT_KEY})")
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise ConfigError(
+            f"--scheduler {address}: no worker joined within {timeout:g} s; start workers "
+            f"(dask worker {address}) or wait longer ({WORKER_WAIT_KEY} in dask config)"
+        ) from None
 
 
 @contextmanager

@@ -68,6 +68,7 @@ class Reporter(Protocol):
     """What the run tells its caller (the CLI draws it with rich; the API logs it)."""
 
     def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None: ...
+    def waiting(self, message: str) -> None: ...
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None: ...
     def chip_finished(self, aoi: str, result: ChipResult) -> None: ...
     def aoi_finished(self, summary: AoiSummary) -> None: ...
@@ -78,6 +79,9 @@ class LogReporter:
 
     def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None:
         log.info("dask dashboard: %s", dashboard_link)
+
+    def waiting(self, message: str) -> None:
+        log.warning(message)
 
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
         log.info("%s: %d chips (%d already done, %d unreadable)", aoi, total, already_done, already_failed)
@@ -145,7 +149,7 @@ def run(
         RunLock(AoiLayout(config.out, catalog.aoi).lock_url, break_lock=config.break_lock).check_free()
     files.makedirs(config.out)
     context = nullcontext(client) if client is not None else get_client(
-        config.scheduler, config.workers
+        config.scheduler, config.workers, on_waiting=reporter.waiting
     )
     with context as active:
         assert active is not None
