@@ -40,19 +40,20 @@ def test_only_a_scan_that_a_write_pass_follows_keeps_copies(monkeypatch) -> None
 
 
 def test_a_copy_is_read_only_by_its_own_run_for_the_listed_object(monkeypatch, tmp_path) -> None:
-    """An S3 copy is found only inside `reading` with the key it was kept under: the run
-    that made it, the URL and the listed stamp. Another run, another stamp (the object
-    replaced since) or a read outside a chip task never gets it, and `drop_run` removes
-    it with the run."""
-    from sn5dask.io import files
+    """An S3 copy (fsspec's whole-file cache, here over fsspec's in-memory filesystem) is
+    found only inside `reading` with the key it was kept under: the run that made it, the
+    URL and the listed stamp. Another run, another stamp (the object replaced since) or a
+    read outside a chip task never gets it, and `drop_run` removes it with the run."""
+    import fsspec
 
-    url = "s3://bucket/chip0.tif"
-    served = {url: b"old bytes!"}
-    monkeypatch.setattr(files, "read_bytes", lambda u: served[u])
+    memory = fsspec.filesystem("memory")
+    url = "memory://bucket/chip0.tif"
+    memory.pipe_file("/bucket/chip0.tif", b"old bytes!")
     monkeypatch.setattr(chipcache, "_folder", lambda: str(tmp_path))
     key = chipcache.CopyKey("run-1", url, "10:etag-old")
     local = chipcache.fetch(key)
     assert local is not None and open(local, "rb").read() == b"old bytes!"
+    assert chipcache.fetch(key) == local  # once per key
     assert chipcache.lookup(url) is None  # outside any chip task
     with chipcache.reading(key):
         assert chipcache.lookup(url) == local
@@ -61,7 +62,9 @@ def test_a_copy_is_read_only_by_its_own_run_for_the_listed_object(monkeypatch, t
         with chipcache.reading(other):
             assert chipcache.lookup(url) is None
     # An object whose size is not the listed one is not kept (it changed since listing).
-    served[url] = b"new bytes!!!"
+    memory.pipe_file("/bucket/chip0.tif", b"new bytes!!!")
     assert chipcache.fetch(chipcache.CopyKey("run-3", url, "10:etag-old")) is None
     assert chipcache.drop_run("run-1") == 1
     assert not os.path.exists(local) and not chipcache._copies
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing left of either run
+    memory.rm("/bucket", recursive=True)

@@ -2,8 +2,8 @@
 
 Without them every byte of an `s3://` chip crosses the network twice: the scan reads it for
 the AOI histograms, the write task reads it again for the RGB and the masks. With them the
-scan downloads each chip once (one GET) into this worker's local directory and reads it
-there; the write task, which the graph places on that worker (`dask.annotate`, other
+scan downloads each chip once (one GET, through fsspec's whole-file cache, `simplecache`)
+into this worker's local directory and reads it there; the write task, which the graph places on that worker (`dask.annotate`, other
 workers allowed when it is gone), opens the local copy and removes it when the chip is
 done. A chip whose write task runs elsewhere simply reads S3 again: the copy is a saving,
 never a requirement.
@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import dask.config
+import fsspec
 
 from sn5dask.io import files
 
@@ -88,18 +89,26 @@ def fetch(key: CopyKey) -> str | None:
         used = sum(n for _, n in _copies.values())
     if used + expected > limit or shutil.disk_usage(folder).free - expected < FREE_DISK_RESERVE:
         return None
-    name = hashlib.sha1(repr((key.run, key.url, key.stamp)).encode()).hexdigest()
-    local = os.path.join(folder, name + ".tif")
-    data = files.read_bytes(key.url)  # one GET, length checked
-    if key.size is not None and len(data) != key.size:
-        return None  # replaced since it was listed: not the object this run scanned
-    partial = local + ".partial"
-    with open(partial, "wb") as f:
-        f.write(data)
-    os.replace(partial, local)
+    # fsspec's own whole-file cache downloads the object (one GET) into a folder of this
+    # key's own: run, URL and listed stamp, so nothing else is ever found there.
+    identity = hashlib.sha1(repr((key.url, key.stamp)).encode()).hexdigest()[:20]
+    storage = os.path.join(folder, _run_folder(key.run), identity)
+    target, path = files.filesystem(key.url)
+    cache = fsspec.filesystem("simplecache", fs=target, cache_storage=storage, skip_instance_cache=True)
+    with cache.open(path, "rb") as copy:
+        local = str(copy.name)
+    size = os.path.getsize(local)
+    if key.size is not None and size != key.size:
+        shutil.rmtree(storage, ignore_errors=True)
+        return None  # replaced since it was listed (or cut short): not the object this run scanned
     with _lock:
-        _copies[key] = (local, len(data))
+        _copies[key] = (local, size)
     return local
+
+
+def _run_folder(run: str) -> str:
+    """The folder name of a run's copies (a run token is a hex string already)."""
+    return "run-" + hashlib.sha1(run.encode()).hexdigest()[:16]
 
 
 @contextmanager
@@ -132,24 +141,22 @@ def evict(key: CopyKey) -> None:
 
 
 def drop_run(run: str) -> int:
-    """Remove every S3 copy `run` kept on this worker that its write pass did not use; the
-    number of copies removed. Called on every worker
-    when the run's write pass ends, so nothing a run kept outlives it."""
+    """Remove every S3 copy `run` kept on this worker that its write pass did not use, and
+    the run's folder; the number of copies removed. Called on every worker when the run's
+    write pass ends, so nothing a run kept outlives it."""
     with _lock:
         stale = [key for key in _copies if key.run == run]
         for key in stale:
             _remove_copy(key)
+    shutil.rmtree(os.path.join(_folder(), _run_folder(run)), ignore_errors=True)
     return len(stale)
 
 
 def _remove_copy(key: CopyKey) -> None:
-    """Forget and delete one copy (the caller holds `_lock`)."""
+    """Forget and delete one copy, with its cache folder (the caller holds `_lock`)."""
     entry = _copies.pop(key, None)
     if entry is not None:
-        try:
-            os.remove(entry[0])
-        except FileNotFoundError:
-            pass
+        shutil.rmtree(os.path.dirname(entry[0]), ignore_errors=True)
 
 
 def worker_address() -> str | None:
