@@ -106,8 +106,16 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("sn5dask").setLevel(logging.INFO if verbose else logging.ERROR)
     # distributed logs its cluster's life at INFO through its own loggers: keep the
     # terminal for the progress bar and real problems.
+    _quiet_distributed(verbose)
+
+
+def _quiet_distributed(verbose: bool) -> None:
+    """distributed's loggers at ERROR (its client's at CRITICAL: a lost scheduler is said
+    in one line by the run itself). Applied again once distributed is imported, because
+    importing it sets its own loggers' levels from its config."""
     for name in ("distributed", "bokeh"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    logging.getLogger("distributed.client").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -165,6 +173,7 @@ def run(
 def _run_and_report(cfg: RunConfig) -> int:
     from sn5dask.runner.pipeline import run as run_pipeline
 
+    _quiet_distributed(logging.getLogger("sn5dask").level <= logging.INFO)
     reporter = RichReporter()
     started = time.perf_counter()
     try:

@@ -65,6 +65,11 @@ class ParamsChangedError(Sn5daskError):
     """A re-run with different parameters over existing outputs (the CLI exits 2)."""
 
 
+class SchedulerLostError(Sn5daskError):
+    """The scheduler went away mid-run: the chips still queued were never tried (the CLI
+    exits 1 and says to run again, which resumes)."""
+
+
 class ManifestError(Sn5daskError):
     """A run manifest that cannot be read, does not parse or has the wrong shape."""
 

@@ -162,3 +162,30 @@ def test_a_scheduler_without_workers_is_said_at_once_and_given_up_clearly(small_
     assert lines[0] == f"waiting for workers at {cluster.address} (up to 4 s, sn5dask.worker-wait-timeout)"
     assert lines[-1].startswith(f"error: --scheduler {cluster.address}: no worker joined within 4 s")
     assert "Traceback" not in output and elapsed < 60
+
+
+def test_a_lost_scheduler_is_one_line_and_the_rerun_resumes(big_aoi, clean_run, tmp_path) -> None:
+    """The scheduler SIGKILLed mid-run: chips still queued are not recorded as failed (they
+    were never tried); one line says the scheduler was lost and to run again, which
+    resumes and gives the outputs of an uninterrupted run."""
+    env = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "5s"}  # how long the client tries to reconnect
+    rgb = tmp_path / AOI / "PS-RGB"
+    with real_cluster(2) as cluster:
+        process = sn5dask_cli("run", big_aoi.root, "--out", tmp_path, "--scheduler", cluster.address, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (rgb.is_dir() and len(list(rgb.glob("*.tif"))) >= 2):
+            time.sleep(0.05)
+        os.kill(cluster.scheduler.pid, signal.SIGKILL)
+        output, _ = process.communicate(timeout=180)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert process.returncode == 1, output
+    assert lines[-1].startswith(f"error: the scheduler {cluster.address} was lost after "), output
+    assert lines[-1].endswith("run the same command again to resume") and "Traceback" not in output
+    chips = json.loads((tmp_path / AOI / "manifest.json").read_text())["chips"]
+    assert chips and all(entry["status"] == "ok" for entry in chips.values())  # none "failed"
+    assert len(chips) < N_CHIPS
+    with real_cluster(2) as cluster:
+        resumed = sn5dask_cli("run", big_aoi.root, "--out", tmp_path, "--scheduler", cluster.address)
+        output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert snapshot(tmp_path) == clean_run

@@ -29,7 +29,13 @@ from sn5dask.config import RunConfig
 from sn5dask.core.folds import folds_csv, spatial_folds
 from sn5dask.core.crs import grid_centre_lonlat
 from sn5dask.core.stretch import band_cut
-from sn5dask.errors import ConfigError, ManifestError, ParamsChangedError, Sn5daskError
+from sn5dask.errors import (
+    ConfigError,
+    ManifestError,
+    ParamsChangedError,
+    SchedulerLostError,
+    Sn5daskError,
+)
 from sn5dask.io import files
 from sn5dask.io.catalog import AoiCatalog, ChipRecord, discover, input_folders
 from sn5dask.io.chipio import (
@@ -564,7 +570,15 @@ def process_chips(
             chips = chips_of[future]
             try:
                 results = future.result()
-            except Exception as exc:  # the task itself never raises: the worker died
+            except Exception as exc:  # the task itself never raises: a worker or the scheduler died
+                if client.status != "running":  # the scheduler is gone: these were never tried
+                    done = sum(1 for c in todo if c.chip_id in manifest.chips)
+                    address = scheduler_address(job.config.scheduler) or "of this run"
+                    raise SchedulerLostError(
+                        f"the scheduler {address} was lost after {done} of {len(todo)} chips of "
+                        f"{catalog.aoi} (the finished ones are recorded); run the same command "
+                        "again to resume"
+                    ) from None
                 results = [
                     ChipResult.failed(
                         chip,
@@ -586,11 +600,14 @@ def process_chips(
                 next_write = time.monotonic() + max(MANIFEST_EVERY_S, MANIFEST_TIME_SHARE * took)
         finished = True
     finally:
-        if not finished:  # Ctrl-C or an error on the client: stop the chips still queued
-            client.cancel([f for f in futures if not f.done()])
-        # Also on Ctrl-C: record what finished, so a re-run resumes from here.
-        write_manifest(manifest, job.layout, writer, final=True)
-        client.cancel(futures)  # releases every result on the cluster at once
+        try:
+            if not finished and client.status == "running":  # Ctrl-C or a client error:
+                client.cancel([f for f in futures if not f.done()])  # stop what is queued
+        finally:
+            # Also on Ctrl-C or a lost scheduler: record what finished, so a re-run resumes.
+            write_manifest(manifest, job.layout, writer, final=True)
+        if client.status == "running":
+            client.cancel(futures)  # releases every result on the cluster at once
     return timings
 
 
