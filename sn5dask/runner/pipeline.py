@@ -282,6 +282,9 @@ def run_aoi(
             timings = process_chips(
                 client, job, catalog, todo, manifest, writer, reporter, stats.cached_on
             )
+        # A worker killed mid-write leaves its temporary file (ours, or zarr's own
+        # `<chunk>.<uuid>.partial`); every chip task has ended now, so a finished run leaves none.
+        files.remove_partials(layout.folder)
         manifest.chips = {c.chip_id: manifest.chips[c.chip_id] for c in catalog.chips}
         assign_folds(manifest, catalog, stats, config)
         write_manifest(manifest, layout, writer, final=True)
