@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import CancelledError
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -548,6 +549,22 @@ def kept_for_run(client: Client) -> Iterator[str]:
             log.debug("could not drop what run %s kept: %s", run_token, exc)
 
 
+def scheduler_lost(client: Client, exc: BaseException, wait_s: float = 10.0) -> bool:
+    """Whether a chip future failed because the client lost its scheduler. A comm error or
+    a cancelled future can reach the client a moment before the client's own status
+    changes, so such an error waits (up to `wait_s`) for the status to say it."""
+    if client.status != "running":
+        return True
+    if not isinstance(exc, (OSError, CancelledError)):
+        return False  # KilledWorker, or an error the worker raised: the chip's own failure
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        if client.status != "running":
+            return True
+    return False
+
+
 def process_chips(
     client: Client,
     job: ChipJob,
@@ -574,7 +591,7 @@ def process_chips(
             try:
                 results = future.result()
             except Exception as exc:  # the task itself never raises: a worker or the scheduler died
-                if client.status != "running":  # the scheduler is gone: these were never tried
+                if scheduler_lost(client, exc):  # these were never tried
                     done = sum(1 for c in todo if c.chip_id in manifest.chips)
                     address = scheduler_address(job.config.scheduler) or "of this run"
                     raise SchedulerLostError(
