@@ -11,8 +11,13 @@ The names are imported on first use (PEP 562): a dask worker that unpickles a ta
 
 from __future__ import annotations
 
-from importlib import import_module
+from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = metadata.version("sn5dask")
+except metadata.PackageNotFoundError:  # pragma: no cover - a source tree that is not installed
+    __version__ = "unknown"
 
 _EXPORTS = {
     "RunConfig": "sn5dask.config",

@@ -70,6 +70,9 @@ class RichReporter:
     def waiting(self, message: str) -> None:
         err_console.print(escape(message), highlight=False, soft_wrap=True)
 
+    def notice(self, message: str) -> None:
+        err_console.print(f"warning: {escape(message)}", highlight=False, soft_wrap=True)
+
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
         if not self.tasks:
             self.progress.start()

@@ -57,6 +57,11 @@ class LabelError(ChipError):
     """The label file exists but cannot be read, parsed or bounded."""
 
 
+class VersionSkewError(ConfigError):
+    """A worker runs another sn5dask, or another version of a library that decides pixels,
+    than the client (the CLI exits 2)."""
+
+
 class LockError(Sn5daskError):
     """Another run holds the output lock (the CLI exits 2)."""
 

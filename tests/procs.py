@@ -51,13 +51,16 @@ class RealCluster:
 
 @contextmanager
 def real_cluster(n_workers: int = 2, env: dict[str, str] | None = None,
-                 hidden: Path | None = None) -> Iterator[RealCluster]:
+                 hidden: Path | None = None,
+                 worker_envs: list[dict[str, str]] | None = None) -> Iterator[RealCluster]:
     """`dask scheduler` and `n_workers` single-threaded `dask worker` processes (no nanny,
     so a killed worker stays dead) on 127.0.0.1.
 
     `hidden`: a folder the workers do not share with this process, as on a host of its
     own: each worker runs in a mount namespace of its own (`unshare`, as root) where an
-    empty tmpfs lies over that folder."""
+    empty tmpfs lies over that folder.
+    `worker_envs`: the environment of each worker (replacing this process's, with PATH and
+    HOME kept), e.g. from `python_without_sn5dask` / `python_with_sn5dask_version`."""
     port = free_port()
     environment = {**os.environ, **(env or {})}
     scheduler = subprocess.Popen(
@@ -69,18 +72,9 @@ def real_cluster(n_workers: int = 2, env: dict[str, str] | None = None,
     try:
         wait_for_port(port)
         address = f"tcp://127.0.0.1:{port}"
-        for _ in range(n_workers):
-            command = [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny",
-                       "--host", "127.0.0.1", "--no-dashboard"]  # fmt: skip
-            if hidden is not None:
-                command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           f'mount -t tmpfs none "$0" && exec "$@"', str(hidden), *command]  # fmt: skip
-            workers.append(
-                subprocess.Popen(
-                    command,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment,
-                )  # fmt: skip
-            )
+        for i in range(n_workers):
+            workers.append(start_worker(address, environment if worker_envs is None else worker_envs[i],
+                                        hidden=hidden, own_environment=worker_envs is not None))
         from distributed import Client
 
         if n_workers:
@@ -90,6 +84,49 @@ def real_cluster(n_workers: int = 2, env: dict[str, str] | None = None,
     finally:
         for process in workers + [scheduler]:
             stop(process)
+
+
+def start_worker(address: str, env: dict[str, str], hidden: Path | None = None,
+                 own_environment: bool = True) -> subprocess.Popen:
+    """One single-threaded `dask worker` (no nanny) for the scheduler at `address`.
+    `env`: its whole environment when `own_environment` (PATH and HOME kept), e.g. from
+    `python_without_sn5dask`; `hidden`: see `real_cluster`."""
+    command = [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny",
+               "--host", "127.0.0.1", "--no-dashboard"]  # fmt: skip
+    if own_environment:
+        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), **env}
+    if "SN5DASK_TEST_PYTHON_FLAGS" in env:  # `python -S`: no site-packages
+        command = [sys.executable, env["SN5DASK_TEST_PYTHON_FLAGS"], "-c",
+                   "from distributed.cli.dask_worker import main; main()", *command[2:]]  # fmt: skip
+    if hidden is not None:
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                   f'mount -t tmpfs none "$0" && exec "$@"', str(hidden), *command]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=env.get("SN5DASK_TEST_CWD"))
+
+
+def python_without_sn5dask(folder: Path) -> dict[str, str]:
+    """The environment of a worker on a host where sn5dask is not installed: `python -S`
+    with a folder that links every installed package of this environment but sn5dask."""
+    import site
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for packages in site.getsitepackages():
+        for entry in Path(packages).iterdir():
+            name = entry.name.lower()
+            if "sn5dask" in name or entry.suffix == ".pth" or (folder / entry.name).exists():
+                continue
+            (folder / entry.name).symlink_to(entry)
+    return {"PYTHONPATH": str(folder), "SN5DASK_TEST_PYTHON_FLAGS": "-S", "SN5DASK_TEST_CWD": str(folder)}
+
+
+def python_with_sn5dask_version(folder: Path, version: str) -> dict[str, str]:
+    """The environment of a worker whose installed sn5dask says it is `version` (the
+    distribution metadata found first on its path)."""
+    info = folder / f"sn5dask-{version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: sn5dask\nVersion: {version}\n")
+    return {"PYTHONPATH": str(folder), "SN5DASK_TEST_CWD": str(folder)}
 
 
 @contextmanager

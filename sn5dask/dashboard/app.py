@@ -13,6 +13,7 @@ distribution in the masks' own bins, and a map of chip footprints coloured by st
 from __future__ import annotations
 
 import html
+import logging
 import threading
 import time
 from contextlib import ExitStack
@@ -63,6 +64,9 @@ class LiveCounts:
 
     def waiting(self, message: str) -> None:
         self.waiting_for = message
+
+    def notice(self, message: str) -> None:
+        logging.getLogger("sn5dask").warning(message)
 
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
         self.counts[aoi] = data.Progress(total=total, ok=already_done, failed=already_failed, running=True)

@@ -35,6 +35,7 @@ from sn5dask.io.catalog import ChipRecord
 from sn5dask.io.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader
 from sn5dask.outputs.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout
 from sn5dask.outputs.manifest import ChipEntry, ChipStatus
+from sn5dask.runner.versioncheck import require_versions
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class ChipJob:
     `aoi_cuts`: the AOI-wide stretch per output band, or None for a per-chip stretch.
     `with_zarr`: write each chip's region into the AOI's store (`layout.zarr_url`).
     `run_token`: this AOI run's name, under which workers keep the store open.
+    `expected_versions`: the client's pixel-deciding versions; a chip task on a worker
+    with others raises `VersionSkewError` before it writes anything (`versioncheck`).
     """
 
     config: RunConfig
@@ -53,6 +56,7 @@ class ChipJob:
     reader: ChipReader = field(default_factory=RasterioReader)
     writer: OutputWriter = field(default_factory=FileWriter)
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    expected_versions: dict[str, str] | None = None
 
 
 @dataclass
@@ -117,8 +121,11 @@ def process_chip_batch(
 
     The batch's outputs get their final names together when it ends (one flush to disk
     instead of one per file, `OutputWriter.committed_together`). If that fails, no output
-    of the batch is renamed and every chip of it is reported failed.
+    of the batch is renamed and every chip of it is reported failed. A worker whose
+    versions differ from the client's raises `VersionSkewError` instead (not a chip's
+    failure: the run stops).
     """
+    require_versions(job.expected_versions)
     try:
         with job.writer.committed_together():
             return [process_chip(chip, job, index) for chip, index in batch]

@@ -35,6 +35,7 @@ from sn5dask.errors import (
     ManifestError,
     ParamsChangedError,
     SchedulerLostError,
+    VersionSkewError,
     Sn5daskError,
 )
 from sn5dask.io import files
@@ -61,6 +62,7 @@ from sn5dask.runner.cluster import (
     warm_up_workers,
 )
 from sn5dask.runner.graph import chip_tasks, scan_graph
+from sn5dask.runner.versioncheck import WorkerVersions, raise_found
 from sn5dask.versions import versions
 
 log = logging.getLogger("sn5dask")
@@ -76,6 +78,7 @@ class Reporter(Protocol):
 
     def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None: ...
     def waiting(self, message: str) -> None: ...
+    def notice(self, message: str) -> None: ...
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None: ...
     def chip_finished(self, aoi: str, result: ChipResult) -> None: ...
     def aoi_finished(self, summary: AoiSummary) -> None: ...
@@ -88,6 +91,9 @@ class LogReporter:
         log.info("dask dashboard: %s", dashboard_link)
 
     def waiting(self, message: str) -> None:
+        log.warning(message)
+
+    def notice(self, message: str) -> None:
         log.warning(message)
 
     def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
@@ -160,16 +166,19 @@ def run(
     )
     with context as active:
         assert active is not None
-        if client is not None or scheduler_address(config.scheduler) is not None:
+        own_cluster = client is None and scheduler_address(config.scheduler) is None
+        workers_checked = WorkerVersions(active, on_notice=reporter.notice, own_cluster=own_cluster)
+        workers_checked.check_new_workers()  # before any task: a skewed worker may hang it
+        if not own_cluster:
             check_workers_see_local_paths(active, config, catalogs)
         warm_up_workers(active)
-        own_cluster = client is None and scheduler_address(config.scheduler) is None
         reporter.cluster(active.dashboard_link, closes_with_run=own_cluster)
         summaries = []
         for catalog in catalogs:
             try:
                 summaries.append(
-                    run_aoi(active, config, catalog, reporter, reader=reader, writer=writer)
+                    run_aoi(active, config, catalog, reporter, reader=reader, writer=writer,
+                            workers_checked=workers_checked)
                 )
             except ConfigError:  # e.g. --bands beyond the chips: no empty AOI folder left
                 remove_unused_aoi_folder(AoiLayout(config.out, catalog.aoi))
@@ -243,11 +252,14 @@ def run_aoi(
     *,
     reader: ChipReader | None = None,
     writer: OutputWriter | None = None,
+    workers_checked: WorkerVersions | None = None,
 ) -> AoiSummary:
-    """One AOI, step by step (see the module docstring)."""
+    """One AOI, step by step (see the module docstring). `workers_checked`: the workers'
+    versions compared so far (`versioncheck`)."""
     started = time.perf_counter()
     reader = reader or RasterioReader()
     writer = writer or FileWriter()
+    workers_checked = workers_checked or WorkerVersions(client)
     layout = AoiLayout(config.out, catalog.aoi)
     files.makedirs(layout.folder)
     if not catalog.chips:  # labels without any image: reported, nothing to make
@@ -257,14 +269,14 @@ def run_aoi(
         previous = read_previous_manifest(layout, writer)
         scan_started = time.perf_counter()
         with kept_for_run(client) as run_token:
-            stats = scan_aoi(client, catalog, config, reader, for_run=run_token)
+            stats = scan_aoi(client, catalog, config, reader, for_run=run_token, workers_checked=workers_checked)
             scan_seconds = time.perf_counter() - scan_started
             check_bands_exist(config, catalog, stats)
             params = run_params(config, catalog, stats)
             done = resumable_chips(previous, params, config, catalog, layout, writer)
             done = prepare_store(config, catalog, layout, writer, stats, params, done)
             footprints = {cid: stac.lonlat_bbox(h) for cid, h in stats.headers.items()}
-            write_stats(layout, writer, catalog, config, stats, params, footprints)
+            write_stats(layout, writer, catalog, config, stats, params, footprints, workers_checked)
             manifest = start_manifest(config, catalog, params, stats, done)
             todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
             write_manifest(manifest, layout, writer, final=False)  # watchers see the run at once
@@ -279,9 +291,11 @@ def run_aoi(
                 reader=reader,
                 writer=writer,
                 run_token=run_token,
+                expected_versions=workers_checked.expected,
             )
             timings = process_chips(
-                client, job, catalog, todo, manifest, writer, reporter, stats.cached_on
+                client, job, catalog, todo, manifest, writer, reporter, stats.cached_on,
+                workers_checked=workers_checked,
             )
         # A worker killed mid-write leaves its temporary file (ours, or zarr's own
         # `<chunk>.<uuid>.partial`); every chip task has ended now, so a finished run leaves none.
@@ -407,9 +421,11 @@ def scan_aoi(
     reader: ChipReader,
     *,
     for_run: str | None = None,
+    workers_checked: WorkerVersions | None = None,
 ) -> AoiStats:
     """First pass: chip headers (and histograms for AOI stretch), reduced as a tree.
     `for_run`: the run whose write pass follows (workers keep chip copies for it)."""
+    workers_checked = workers_checked or WorkerVersions(client)
     graph = scan_graph(
         catalog.chips,
         config.bands,
@@ -419,7 +435,9 @@ def scan_aoi(
         reader=reader,
         for_run=for_run,
     )
-    stats: AoiStats = client.compute(graph).result()
+    future = client.compute(graph)
+    with workers_checked.watched([future]):  # a worker that joins is checked before it can hang this
+        stats: AoiStats = future.result()
     return stats
 
 
@@ -483,6 +501,7 @@ def write_stats(
     stats: AoiStats,
     params: dict[str, Any],
     footprints: dict[str, tuple[float, float, float, float]],
+    workers_checked: WorkerVersions | None = None,
 ) -> None:
     document = {
         "aoi": catalog.aoi,
@@ -494,7 +513,9 @@ def write_stats(
         # footprints (west, south, east, north in WGS84) of every chip the scan read
         "chip_bboxes": {chip_id: list(box) for chip_id, box in footprints.items()},
         "params": params,
-        "versions": versions(),
+        "versions": versions(),  # the client's
+        # each worker's, as checked before the chips' pass (`versioncheck`)
+        "worker_versions": dict(sorted(workers_checked.of_worker.items())) if workers_checked else {},
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(writer, layout.stats_url, document)
@@ -574,50 +595,57 @@ def process_chips(
     writer: OutputWriter,
     reporter: Reporter,
     placement: dict[str, str] | None = None,
+    workers_checked: WorkerVersions | None = None,
 ) -> list[dict[str, float]]:
     """Compute the chip tasks, recording each result in the manifest as it finishes.
-    `placement`: chip id -> the worker holding the copy the scan kept (`chipcache`)."""
+    `placement`: chip id -> the worker holding the copy the scan kept (`chipcache`);
+    `workers_checked`: the workers whose versions were compared (a joining one is too)."""
     index = {c.chip_id: i for i, c in enumerate(catalog.chips)}
     tasks = chip_tasks([(chip, index[chip.chip_id]) for chip in todo], job, placement)
     # optimize_graph=False keeps each task's placement
     futures = client.compute([task for _, task in tasks], optimize_graph=False)
     chips_of = {future: chips for future, (chips, _) in zip(futures, tasks, strict=True)}
+    workers_checked = workers_checked or WorkerVersions(client)
     timings: list[dict[str, float]] = []
     next_write = time.monotonic() + MANIFEST_EVERY_S
     finished = False
     try:
-        for future in as_completed(futures):
-            chips = chips_of[future]
-            try:
-                results = future.result()
-            except Exception as exc:  # the task itself never raises: a worker or the scheduler died
-                if scheduler_lost(client, exc):  # these were never tried
-                    done = sum(1 for c in todo if c.chip_id in manifest.chips)
-                    address = scheduler_address(job.config.scheduler) or "of this run"
-                    raise SchedulerLostError(
-                        f"the scheduler {address} was lost after {done} of {len(todo)} chips of "
-                        f"{catalog.aoi} (the finished ones are recorded); run the same command "
-                        "again to resume"
-                    ) from None
-                results = [
-                    ChipResult.failed(
-                        chip,
-                        f"{chip.image}: worker lost while processing this chip "
-                        f"({type(exc).__name__}: {exc}); re-run to retry it",
-                    )
-                    for chip in chips
-                ]
-            # The future is kept (its result is small ChipResults) until the AOI is done:
-            # released results vanish from dask's Progress pane, which would never fill.
-            for result in results:
-                manifest.chips[result.chip_id] = result.entry
-                timings.append(result.timings)
-                reporter.chip_finished(catalog.aoi, result)
-            if time.monotonic() >= next_write:
-                started = time.monotonic()
-                write_manifest(manifest, job.layout, writer, final=False)
-                took = time.monotonic() - started
-                next_write = time.monotonic() + max(MANIFEST_EVERY_S, MANIFEST_TIME_SHARE * took)
+        with workers_checked.watched(futures) as skewed:
+            for future in as_completed(futures):
+                chips = chips_of[future]
+                try:
+                    results = future.result()
+                except VersionSkewError:  # the chip task found its worker's versions differ
+                    raise
+                except Exception as exc:  # the task never raises for a chip: a worker or the scheduler died
+                    raise_found(skewed)  # or the version watch cancelled the tasks
+                    if scheduler_lost(client, exc):  # these were never tried
+                        done = sum(1 for c in todo if c.chip_id in manifest.chips)
+                        address = scheduler_address(job.config.scheduler) or "of this run"
+                        raise SchedulerLostError(
+                            f"the scheduler {address} was lost after {done} of {len(todo)} chips "
+                            f"of {catalog.aoi} (the finished ones are recorded); run the same "
+                            "command again to resume"
+                        ) from None
+                    results = [
+                        ChipResult.failed(
+                            chip,
+                            f"{chip.image}: worker lost while processing this chip "
+                            f"({type(exc).__name__}: {exc}); re-run to retry it",
+                        )
+                        for chip in chips
+                    ]
+                # The future is kept (its result is small ChipResults) until the AOI is done:
+                # released results vanish from dask's Progress pane, which would never fill.
+                for result in results:
+                    manifest.chips[result.chip_id] = result.entry
+                    timings.append(result.timings)
+                    reporter.chip_finished(catalog.aoi, result)
+                if time.monotonic() >= next_write:
+                    started = time.monotonic()
+                    write_manifest(manifest, job.layout, writer, final=False)
+                    took = time.monotonic() - started
+                    next_write = time.monotonic() + max(MANIFEST_EVERY_S, MANIFEST_TIME_SHARE * took)
         finished = True
     finally:
         try:
