@@ -247,3 +247,32 @@ def test_a_long_lived_cluster_never_reads_a_replaced_object_from_an_old_copy(tmp
     for rgb in rgbs:
         made = rasterio.open(tmp_path / "second" / AOI / "PS-RGB" / rgb.name).read()
         assert np.array_equal(made, rasterio.open(rgb).read()), rgb.name
+
+
+def test_workers_missing_the_s3_endpoint_are_one_line_before_any_chip(small_aoi, s3_env, tmp_path) -> None:
+    """Workers started without the client's AWS_ENDPOINT_URL (a MinIO/moto server): one
+    line, within seconds, names a worker, the problem and the setting that differs,
+    instead of every chip failing after botocore's retries; nothing is written."""
+    import time
+
+    upload(s3_env, small_aoi.root, "noendpoint", "in")
+    worker_env = {k: v for k, v in s3_env.items() if k != "AWS_ENDPOINT_URL"}
+    worker_env["SN5DASK_TEST_CWD"] = str(tmp_path)
+    with real_cluster(2, worker_envs=[worker_env, worker_env]) as cluster:
+        started = time.monotonic()
+        process = sn5dask_cli("run", "s3://noendpoint/in", "--out", "s3://noendpoint/out",
+                              "--scheduler", cluster.address, env=s3_env)
+        output, _ = process.communicate(timeout=120)
+        elapsed = time.monotonic() - started
+    message = " ".join(output.split())
+    assert process.returncode == 2 and "Traceback" not in output, output
+    assert message.startswith("error: --out s3://noendpoint/out: 2 of 2 workers (e.g. tcp://127.0.0.1:"), output
+    assert f"AWS_ENDPOINT_URL is {s3_env['AWS_ENDPOINT_URL']} here, not set there" in message, output
+    assert s3_env["AWS_SECRET_ACCESS_KEY"] not in output and elapsed < 60
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                      aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="noendpoint").get("Contents", [])]
+    assert keys and all(key.startswith("in/") for key in keys)  # no output, no probe left

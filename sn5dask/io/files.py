@@ -122,6 +122,42 @@ def unreachable_endpoint_message(url: str, exc: BaseException) -> str | None:
     )
 
 
+#: Settings (never secrets) that decide where and how S3 is reached; a worker must have
+#: the client's for an `s3://` ROOT or OUT (`s3_settings`, `s3_reach_problem`).
+S3_SETTINGS = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+    "AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING",
+)  # fmt: skip
+
+
+def s3_settings() -> dict[str, str | None]:
+    """This process's S3 settings (`S3_SETTINGS`) and how it finds credentials (the
+    method's name under `credentials`, never a value)."""
+    found: dict[str, str | None] = {name: os.environ.get(name) for name in S3_SETTINGS}
+    found["credentials"] = aws_credentials_method()
+    return found
+
+
+def s3_reach_problem(url: str, probe_name: str | None = None) -> str | None:
+    """Whether this process (a worker) can reach `url` with its own S3 settings: None, or
+    the problem in a few words. `url` is read (its metadata); with `probe_name`, an empty
+    object of that name is also written beside it and removed (an output folder). One
+    attempt with a short timeout, so a wrong endpoint is found in seconds, not retried."""
+    options = storage_options(url)
+    options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 1}}
+    fs, path = fsspec.core.url_to_fs(url, skip_instance_cache=True, **options)
+    try:
+        if probe_name is None:
+            fs.info(path)
+        else:
+            probe = posixpath.join(path, probe_name)
+            fs.pipe_file(probe, b"")
+            fs.rm_file(probe)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def remove_empty_folder(url: str) -> None:
     """Remove a local folder if it is empty (S3 has no folders); anything else stays."""
     if is_local(url):

@@ -171,6 +171,7 @@ def run(
         workers_checked.check_new_workers()  # before any task: a skewed worker may hang it
         if not own_cluster:
             check_workers_see_local_paths(active, config, catalogs)
+            check_workers_reach_s3(active, config, catalogs)
         warm_up_workers(active)
         reporter.cluster(active.dashboard_link, closes_with_run=own_cluster)
         summaries = []
@@ -231,6 +232,47 @@ def check_workers_see_local_paths(
     finally:
         if probe is not None:
             os.remove(probe)
+
+
+def check_workers_reach_s3(client: Client, config: RunConfig, catalogs: list[AoiCatalog]) -> None:
+    """Refuse, before any chip task, an `s3://` ROOT or OUT that a worker of a cluster
+    sn5dask did not start cannot reach with its own settings (its environment may lack
+    the AWS_ENDPOINT_URL of a MinIO or moto server, a region or credentials: every chip
+    would then fail after botocore's retries). Settings are not sent to workers (they may
+    hold secrets, and a cluster is configured where it runs): one line names the worker,
+    the problem, and the settings that differ from the client's."""
+    checks: list[tuple[str, str, str | None]] = []  # (flag, URL, probe object name or None)
+    if config.out.startswith("s3://"):
+        checks.append(("--out", config.out, f".sn5dask-probe-{uuid.uuid4().hex}"))
+    chips = [chip for catalog in catalogs for chip in catalog.chips[:1]]
+    if config.root.startswith("s3://") and chips:
+        checks.append(("ROOT", chips[0].image, None))
+    if not checks:
+        return
+    mine = files.s3_settings()
+    for flag, url, probe in checks:
+        problems = client.run(files.s3_reach_problem, url, probe, on_error="return")
+        failing = sorted((w, p) for w, p in problems.items() if p is not None)
+        if not failing:
+            continue
+        worker, problem = failing[0]
+        theirs = client.run(files.s3_settings, workers=[worker], on_error="return").get(worker)
+        differ = ""
+        if isinstance(theirs, dict):
+            names = [name for name in mine if theirs.get(name) != mine[name]]
+            differ = "; ".join(
+                f"{name} is {mine[name] or 'not set'} here, {theirs.get(name) or 'not set'} there"
+                if name != "credentials"
+                else f"credentials {'found (' + str(mine[name]) + ')' if mine[name] else 'none'} here, "
+                f"{'found (' + str(theirs.get(name)) + ')' if theirs.get(name) else 'none'} there"
+                for name in names
+            )
+        raise ConfigError(
+            f"{flag} {url}: {len(failing)} of {len(problems)} workers (e.g. {worker}) cannot "
+            f"reach it ({str(problem)[:200]})"
+            + (f"; {differ}" if differ else "")
+            + ". Set the same S3 settings in the workers' environment (README: Clusters and S3)"
+        )
 
 
 def check_outputs_apart_from_inputs(config: RunConfig, catalogs: list[AoiCatalog]) -> None:
