@@ -4,8 +4,10 @@
 #   docker run --rm sn5dask:0.1.0 sn5dask demo /tmp/demo
 #   docker run --rm -p 8786:8786 -p 8787:8787 sn5dask:0.1.0 dask scheduler
 #   docker run --rm sn5dask:0.1.0 dask worker tcp://scheduler:8786 --nthreads 1
-# Dependencies come from pyproject.toml (the same ranges as a pip install); rasterio,
-# pyproj and shapely wheels carry GDAL, PROJ and GEOS, so no system GIS packages are needed.
+# Dependencies come from deploy/requirements.lock (exact versions; the client that submits
+# runs installs the same file), within pyproject.toml's ranges; rasterio, pyproj and shapely
+# wheels carry GDAL, PROJ and GEOS, so no system GIS packages are needed.
+#   deploy/build-image.sh builds and tags it as deploy/k8s/*.yaml name it.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,17 +17,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR
 
 WORKDIR /opt/sn5dask
-# Dependencies first, in a layer of their own: installed from pyproject.toml with an empty
-# stand-in package, so a change to sn5dask's code does not reinstall them.
-COPY pyproject.toml README.md ./
+# Dependencies first, in a layer of their own, so a change to sn5dask's code does not
+# reinstall them.
+COPY deploy/requirements.lock ./
 RUN python -m pip install --upgrade pip && \
-    mkdir sn5dask && touch sn5dask/__init__.py && \
-    python -m pip install '.[aws]' && \
-    python -m pip uninstall --yes sn5dask && \
-    rm -r sn5dask build
+    python -m pip install -r requirements.lock
 COPY sn5dask ./sn5dask
+COPY pyproject.toml README.md ./
 RUN python -m pip install --no-deps . && \
     sn5dask versions
+# dask-cloudprovider's ECS/Fargate task definitions start `dask-scheduler` / `dask-worker`,
+# which distributed no longer ships: two-line wrappers of `dask scheduler` / `dask worker`.
+COPY deploy/docker/dask-scheduler deploy/docker/dask-worker /usr/local/bin/
 
 # Workers started from this image (dask worker, with its nanny) keep glibc's malloc defaults
 # instead of distributed's MALLOC_TRIM_THRESHOLD_=65536: 17-20 % faster chips, measured.

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", help="sn5dask run config (YAML); root/out should be s3:// URLs")
     parser.add_argument("--backend", choices=BACKENDS, default="fargate")
     parser.add_argument("--image", required=True, help="the project's image in a registry AWS can pull")
-    parser.add_argument("--workers", type=int, default=8, help="number of worker processes")
+    parser.add_argument("--workers", type=int, default=8,
+                        help="Fargate: worker tasks (one process each); EC2: worker VMs (one process per vCPU)")
     parser.add_argument("--worker-vcpu", type=float, default=1.0, help="vCPU per worker (Fargate)")
     parser.add_argument("--worker-memory-mib", type=int, default=None, help="memory per worker (Fargate)")
     parser.add_argument("--instance-type", default="c6i.xlarge", help="EC2 instance type (ec2)")
@@ -52,6 +53,8 @@ def cluster_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     environment = {
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
         "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "3",
+        # each S3 chip downloaded once: its write task stays where the scan kept the copy
+        "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING": "False",
     }
     tags = {"project": "sn5dask"}
     if args.backend == "fargate":
@@ -83,8 +86,11 @@ def cluster_spec(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return "FargateCluster", spec
     spec = {
         "docker_image": args.image,
-        "n_workers": args.workers,
+        "n_workers": args.workers,  # VMs
         "instance_type": args.instance_type,
+        # one single-threaded worker process per vCPU of each VM (dask-cloudprovider's
+        # default, one Nanny per VM, leaves 3 of a c6i.xlarge's 4 vCPUs idle)
+        "worker_class": "sn5dask.runner.vmworkers.NannyPerCPU",
         "worker_options": {"nthreads": 1},
         "env_vars": environment,
         "instance_tags": tags,
