@@ -120,6 +120,7 @@ def aoi_histograms(
         scan = client.compute(tree).result() if client is not None else tree.compute()
         if scan.histogram is None:
             out[catalog.aoi] = np.zeros((len(bands), UINT16_BINS), dtype=np.int64)
-        else:
-            out[catalog.aoi] = scan.histogram
+        else:  # the scan's sum stops at the highest value present
+            width = scan.histogram.shape[1]
+            out[catalog.aoi] = np.pad(scan.histogram, ((0, 0), (0, UINT16_BINS - width)))
     return out

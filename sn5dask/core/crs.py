@@ -14,6 +14,8 @@ from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
 from pyproj.database import query_utm_crs_info
 
+from sn5dask.core.grid import ChipHeader
+
 
 def reproject_geometries(geometries: np.ndarray, src: CRS, dst: CRS) -> np.ndarray:
     """Reproject shapely geometries with an always-xy transformer (as geopandas does)."""
@@ -31,6 +33,11 @@ def reproject_geometries(geometries: np.ndarray, src: CRS, dst: CRS) -> np.ndarr
 @lru_cache(maxsize=64)
 def _transformer(src_wkt: str, dst_wkt: str) -> Transformer:
     return Transformer.from_crs(CRS.from_wkt(src_wkt), CRS.from_wkt(dst_wkt), always_xy=True)
+
+
+@lru_cache(maxsize=64)
+def _to_lonlat(src_wkt: str) -> Transformer:
+    return Transformer.from_crs(CRS.from_wkt(src_wkt), CRS.from_epsg(4326), always_xy=True)
 
 
 #: (id(src), id(dst)) -> (src, dst, transformer); the entry holds both CRS objects, so
@@ -51,6 +58,20 @@ def _transformer_between(src: CRS, dst: CRS) -> Transformer:
         _TRANSFORMERS_BY_OBJECT.clear()
     _TRANSFORMERS_BY_OBJECT[key] = (src, dst, transformer)
     return transformer
+
+
+def lonlat_bbox(header: ChipHeader) -> tuple[float, float, float, float]:
+    """A chip's footprint as (west, south, east, north) in WGS84, edges densified so that a
+    footprint in a projected CRS lies fully inside. Computed where the chip is scanned (a
+    worker), once per chip; the transformer is cached per CRS."""
+    a, _, c, _, e, f = header.transform
+    xs = [c, c + a * header.width]
+    ys = [f, f + e * header.height]
+    transformer = _to_lonlat(header.crs_wkt)
+    west, south, east, north = transformer.transform_bounds(
+        min(xs), min(ys), max(xs), max(ys), densify_pts=21
+    )
+    return (float(west), float(south), float(east), float(north))
 
 
 def grid_centre_lonlat(grid: GeoBox) -> tuple[float, float]:

@@ -11,12 +11,13 @@ OUT/<AOI>/stac/<chip_id>-label.json    label Item: the masks (label extension), 
 Every link is relative and there are no `self` links (a self-contained catalog: the tree
 can be moved or synced to S3 and still resolves). The documents depend only on the
 manifest and the chips' headers, never on the time they are written, so a resumed run
-writes the same catalog. Pure: dicts in, dicts out; `pipeline` writes them.
+writes the same catalog. Pure: dicts in, dicts out; each chip task writes its chip's
+Items, the client the Collection and the Catalog.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sn5dask.core.encodings import (
@@ -51,31 +52,51 @@ def item_relpath(chip_id: str, label: bool = False) -> str:
     return f"{ITEMS_FOLDER}/{chip_id}{'-label' if label else ''}.json"
 
 
-def aoi_documents(
-    manifest: Manifest,
-    headers: Mapping[str, ChipHeader],
-    lonlat_bboxes: Mapping[str, tuple[float, float, float, float]],
+def chip_items(
+    aoi: str,
+    chip_id: str,
+    entry: ChipEntry,
+    header: ChipHeader,
+    bbox: tuple[float, float, float, float],
     bands: Sequence[int],
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The Items of one AOI, then its Collection, as (path relative to the AOI folder,
-    document), made one at a time (an AOI's items never all sit in memory at once).
+) -> list[tuple[str, dict[str, Any]]]:
+    """A done chip's Items as (path relative to the AOI folder, document): its image Item,
+    and its label Item when it has masks. Written by the chip's own task.
+
+    `bbox`: the chip's footprint as (west, south, east, north) in WGS84.
+    """
+    items = [(item_relpath(chip_id), image_item(aoi, chip_id, entry, header, bbox, bands))]
+    masks = mask_outputs(entry)
+    if masks:
+        items.append((item_relpath(chip_id, label=True), label_item(aoi, chip_id, entry, header, bbox, masks)))
+    return items
+
+
+def mask_outputs(entry: ChipEntry) -> dict[str, str]:
+    """The chip's mask GeoTIFFs, kind -> path (its label Item's assets)."""
+    return {kind: path for kind, path in entry.outputs.items() if kind in MASK_ENCODINGS}
+
+
+def has_items(entry: ChipEntry, bbox: tuple[float, float, float, float] | None) -> bool:
+    """Whether a chip has STAC Items: done, with an RGB GeoTIFF and a footprint."""
+    return entry.done and bbox is not None and "rgb" in entry.outputs
+
+
+def aoi_collection(
+    manifest: Manifest, lonlat_bboxes: Mapping[str, tuple[float, float, float, float]]
+) -> dict[str, Any]:
+    """The AOI's Collection, linking the Items of every chip that has them (`has_items`).
 
     `lonlat_bboxes`: each chip's footprint as (west, south, east, north) in WGS84.
     """
     item_links = []
     for chip_id, entry in manifest.chips.items():
-        header, bbox = headers.get(chip_id), lonlat_bboxes.get(chip_id)
-        if not entry.done or header is None or bbox is None or "rgb" not in entry.outputs:
+        if not has_items(entry, lonlat_bboxes.get(chip_id)):
             continue
-        yield item_relpath(chip_id), image_item(manifest.aoi, chip_id, entry, header, bbox, bands)
         item_links.append(_link("item", f"./{item_relpath(chip_id)}", "application/geo+json"))
-        masks = {kind: path for kind, path in entry.outputs.items() if kind in MASK_ENCODINGS}
-        if masks:
-            yield item_relpath(chip_id, label=True), label_item(
-                manifest.aoi, chip_id, entry, header, bbox, masks
-            )
+        if mask_outputs(entry):
             item_links.append(_link("item", f"./{item_relpath(chip_id, label=True)}", "application/geo+json"))
-    yield COLLECTION_NAME, collection(manifest.aoi, list(lonlat_bboxes.values()), item_links)
+    return collection(manifest.aoi, list(lonlat_bboxes.values()), item_links)
 
 
 def catalog(aois: Sequence[str]) -> dict[str, Any]:
@@ -225,19 +246,6 @@ def _item(
             *links,
         ],
     }
-
-
-def lonlat_bbox(header: ChipHeader) -> tuple[float, float, float, float]:
-    """A chip's footprint as (west, south, east, north) in WGS84 (edges densified, so a
-    footprint in a projected CRS is fully inside)."""
-    from pyproj import CRS, Transformer
-
-    a, b, c, d, e, f = header.transform
-    xs = [c, c + a * header.width]
-    ys = [f, f + e * header.height]
-    transformer = Transformer.from_crs(CRS.from_wkt(header.crs_wkt), CRS.from_epsg(4326), always_xy=True)
-    west, south, east, north = transformer.transform_bounds(min(xs), min(ys), max(xs), max(ys), densify_pts=21)
-    return (float(west), float(south), float(east), float(north))
 
 
 def _projection(header: ChipHeader) -> dict[str, Any]:

@@ -4,14 +4,19 @@
 small chips in one task); `combine_scans` is the reduction step
 (associative, so dask can apply it as a tree); `finalize_scan` turns the summed histogram
 into exact percentiles. Only the finalized `AoiStats` (percentiles, counts, each chip's
-small header and the AOI's one summed histogram) reaches the client; the per-chip
-histograms stay on the workers.
+small header and footprint, and the AOI's one summed histogram) reaches the client; the
+per-chip histograms stay on the workers.
+
+What crosses the network stays small at scale: a histogram is cut after the highest
+value present (16-bit chips rarely use more than a few thousand of the 65,536 bins), each
+chip's lon/lat footprint is computed where it is scanned, and the chips' headers share one
+CRS string per distinct CRS (pickle then sends it once, not once per chip).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,7 +35,8 @@ from sn5dask.io.chipio import ChipReader
 
 @dataclass
 class AoiScan:
-    """Partial sum over some chips: histograms (band, 65536) and per-chip headers/errors."""
+    """Partial sum over some chips: histograms (band, value), as wide as the highest value
+    seen, and per-chip headers, footprints and errors."""
 
     histogram: np.ndarray | None = None
     dtypes: set[str] = field(default_factory=set)
@@ -40,6 +46,12 @@ class AoiScan:
     band_counts: dict[str, int] = field(default_factory=dict)
     #: chips the scan kept a copy of on a worker (`chipcache`): chip id -> its address
     cached_on: dict[str, str] = field(default_factory=dict)
+    #: each read chip's footprint (west, south, east, north) in WGS84
+    footprints: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    #: each read chip's grid centre (lon, lat), which decides its spatial fold
+    centres: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: one instance of each CRS string the headers hold (shared by them)
+    crs_wkts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,10 @@ class AoiStats:
     histogram: np.ndarray | None = None
     #: chips the scan kept a copy of on a worker (`chipcache`): chip id -> its address
     cached_on: dict[str, str] = field(default_factory=dict)
+    #: each read chip's footprint (west, south, east, north) in WGS84
+    footprints: dict[str, tuple[float, float, float, float]] = field(default_factory=dict)
+    #: each read chip's grid centre (lon, lat), which decides its spatial fold
+    centres: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -121,10 +137,7 @@ def scan_chip(
             scan.band_counts[chip.chip_id] = exc.count
             raise
         nodata = [header.nodata[b - 1] for b in bands] if use_nodata else None
-        hist = band_histograms(data, nodata)
-        if hist.shape[1] != UINT16_BINS:  # uint8 chip: pad to the common bin count
-            hist = np.pad(hist, ((0, 0), (0, UINT16_BINS - hist.shape[1])))
-        return header, hist
+        return header, trimmed(band_histograms(data, nodata))
 
     outcome = guard_chip(chip.image, read)
     if outcome.value is None:
@@ -133,7 +146,19 @@ def scan_chip(
     header, scan.histogram = outcome.value
     scan.headers[chip.chip_id] = header
     scan.dtypes.add(header.dtype)
+    from sn5dask.core.crs import grid_centre_lonlat, lonlat_bbox  # the client needs no pyproj
+
+    where = guard_chip(chip.image, lambda: (lonlat_bbox(header), grid_centre_lonlat(header.grid)))
+    if where.value is not None:  # else it has no place on the map, no STAC item, no fold
+        scan.footprints[chip.chip_id], scan.centres[chip.chip_id] = where.value
     return scan
+
+
+def trimmed(histogram: np.ndarray) -> np.ndarray:
+    """`histogram` (band, value) without the columns after the highest value any band
+    holds (at least one column)."""
+    used = np.flatnonzero(histogram.any(axis=0))
+    return histogram[:, : (int(used[-1]) + 1 if used.size else 1)]
 
 
 def scan_chips(
@@ -164,11 +189,18 @@ def _add_into(total: AoiScan, scan: AoiScan) -> None:
     """Add `scan` to `total` in place (`scan` is left as it was)."""
     if scan.histogram is not None:
         if total.histogram is None:
-            total.histogram = scan.histogram.copy()
+            total.histogram = scan.histogram.astype(np.int64, copy=True)
         else:
-            total.histogram += scan.histogram
+            width = scan.histogram.shape[1]
+            if width > total.histogram.shape[1]:
+                total.histogram = np.pad(total.histogram, ((0, 0), (0, width - total.histogram.shape[1])))
+            total.histogram[:, :width] += scan.histogram
     total.dtypes |= scan.dtypes
-    total.headers.update(scan.headers)
+    for chip_id, header in scan.headers.items():
+        crs_wkt = total.crs_wkts.setdefault(header.crs_wkt, header.crs_wkt)
+        total.headers[chip_id] = header if crs_wkt is header.crs_wkt else replace(header, crs_wkt=crs_wkt)
+    total.footprints.update(scan.footprints)
+    total.centres.update(scan.centres)
     total.errors.update(scan.errors)
     total.band_counts.update(scan.band_counts)
     total.cached_on.update(scan.cached_on)
@@ -197,6 +229,15 @@ def finalize_scan(
         headers=scan.headers,
         errors=scan.errors,
         band_counts=scan.band_counts,
-        histogram=scan.histogram if with_histogram else None,
+        histogram=_full_width(scan.histogram) if with_histogram else None,
         cached_on=scan.cached_on,
+        footprints=scan.footprints,
+        centres=scan.centres,
     )
+
+
+def _full_width(histogram: np.ndarray | None) -> np.ndarray | None:
+    """The summed histogram with all 65,536 value columns (histograms.npz's shape)."""
+    if histogram is None or histogram.shape[1] >= UINT16_BINS:
+        return histogram
+    return np.pad(histogram, ((0, 0), (0, UINT16_BINS - histogram.shape[1])))

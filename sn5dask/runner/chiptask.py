@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -32,7 +33,8 @@ from sn5dask.core.stretch import (
 from sn5dask.errors import ChipError, LabelError, guard_chip
 from sn5dask.io import chipcache
 from sn5dask.io.catalog import ChipRecord
-from sn5dask.io.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader
+from sn5dask.io.chipio import ChipReader, FileWriter, OutputWriter, RasterioReader, write_json
+from sn5dask.outputs import stac
 from sn5dask.outputs.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout
 from sn5dask.outputs.manifest import ChipEntry, ChipStatus
 from sn5dask.runner.versioncheck import require_versions
@@ -47,6 +49,7 @@ class ChipJob:
     `run_token`: this AOI run's name, under which workers keep the store open.
     `expected_versions`: the client's pixel-deciding versions; a chip task on a worker
     with others raises `VersionSkewError` before it writes anything (`versioncheck`).
+    `with_stac_items`: write each done chip's STAC items (GeoTIFF runs).
     """
 
     config: RunConfig
@@ -57,6 +60,7 @@ class ChipJob:
     writer: OutputWriter = field(default_factory=FileWriter)
     run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
     expected_versions: dict[str, str] | None = None
+    with_stac_items: bool = False
 
 
 @dataclass
@@ -89,12 +93,25 @@ class ChipResult:
         return self.entry.reason
 
 
-def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) -> ChipResult:
+class ChipWork(NamedTuple):
+    """One chip of a task: the chip, its position along the Zarr store's `chip` dimension
+    (None: no store) and its spatial fold (known from the scan; None: unlabelled)."""
+
+    chip: ChipRecord
+    zarr_index: int | None = None
+    fold: int | None = None
+
+
+def process_chip(
+    chip: ChipRecord, job: ChipJob, zarr_index: int | None = None, fold: int | None = None
+) -> ChipResult:
     """Run one chip; failures come back as a `failed` result, never as an exception.
 
-    `zarr_index` is the chip's position along the store's `chip` dimension.
+    `zarr_index` is the chip's position along the store's `chip` dimension; `fold` its
+    spatial fold, recorded in its entry and its STAC label item.
     """
     result = ChipResult.start(chip)
+    result.entry.fold = fold
 
     def work() -> bool:
         if chip.problem:
@@ -113,11 +130,9 @@ def process_chip(chip: ChipRecord, job: ChipJob, zarr_index: int | None = None) 
     return result
 
 
-def process_chip_batch(
-    batch: Sequence[tuple[ChipRecord, int | None]], job: ChipJob
-) -> list[ChipResult]:
-    """`process_chip` of each (chip, Zarr index) of a batch, in order (one dask task: one
-    chip, or several small ones; `graph.chip_tasks`).
+def process_chip_batch(batch: Sequence[ChipWork | tuple[Any, ...]], job: ChipJob) -> list[ChipResult]:
+    """`process_chip` of each `ChipWork` (or a (chip, Zarr index[, fold]) tuple) of a
+    batch, in order (one dask task: one chip, or several small ones; `graph.chip_tasks`).
 
     The batch's outputs get their final names together when it ends (one flush to disk
     instead of one per file, `OutputWriter.committed_together`). If that fails, no output
@@ -128,10 +143,11 @@ def process_chip_batch(
     require_versions(job.expected_versions)
     try:
         with job.writer.committed_together():
-            return [process_chip(chip, job, index) for chip, index in batch]
+            return [process_chip(work.chip, job, work.zarr_index, work.fold)
+                    for work in (ChipWork(*item) for item in batch)]
     except OSError as exc:
         reason = f"outputs could not be made durable ({exc}): not written"
-        return [ChipResult.failed(chip, f"{chip.image}: {reason}") for chip, _ in batch]
+        return [ChipResult.failed(work[0], f"{work[0].image}: {reason}") for work in batch]
 
 
 def _save_traceback(job: ChipJob, chip: ChipRecord, text: str) -> str:
@@ -195,6 +211,23 @@ def _process(
         writer.write_zarr_region(layout.zarr_url, zarr_index, rgb, masks, run_token=job.run_token)
         result.entry.outputs[ZARR_OUTPUT] = str(layout.zarr_ref(zarr_index))
         timings["write_zarr"] = time.perf_counter() - started
+    if job.with_stac_items and result.entry.done and RGB_OUTPUT in result.entry.outputs:
+        started = time.perf_counter()
+        _write_stac_items(chip, job, header, result.entry)
+        timings["write_stac"] = time.perf_counter() - started
+
+
+def _write_stac_items(chip: ChipRecord, job: ChipJob, header: ChipHeader, entry: ChipEntry) -> None:
+    """The chip's STAC items (`stac.chip_items`), written here rather than by the client
+    after the run: at 20,000 chips that was 40,000 writes in a row with every worker idle."""
+    from sn5dask.core.crs import lonlat_bbox
+
+    try:
+        bbox = lonlat_bbox(header)
+    except Exception:  # the scan found no footprint either: the chip has no item
+        return
+    for relpath, document in stac.chip_items(job.layout.aoi, chip.chip_id, entry, header, bbox, job.config.bands):
+        write_json(job.writer, job.layout.url(relpath), document)
 
 
 def _stretch(

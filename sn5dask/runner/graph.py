@@ -25,7 +25,7 @@ from dask.delayed import Delayed
 from sn5dask.io.catalog import ChipRecord
 from sn5dask.io.chipio import ChipReader, RasterioReader
 from sn5dask.runner.aoistats import combine_scans, finalize_scan, scan_chips
-from sn5dask.runner.chiptask import ChipJob, process_chip_batch
+from sn5dask.runner.chiptask import ChipJob, ChipWork, process_chip_batch
 
 TREE_FAN_IN = 8
 # Small chips are handled in batches: each dask task costs the scheduler and the worker
@@ -127,6 +127,7 @@ def chip_tasks(
     chips: Sequence[tuple[ChipRecord, int]],
     job: ChipJob,
     placement: Mapping[str, str] | None = None,
+    folds: Mapping[str, int | None] | None = None,
 ) -> list[tuple[list[ChipRecord], Delayed]]:
     """The write pass over (chip, index in the AOI), in the given order: a delayed
     `process_chip_batch` per batch (one chip, unless the chips are small and many; see
@@ -137,10 +138,12 @@ def chip_tasks(
     chip a task is; the token keeps two runs on one cluster apart. `placement` maps a chip
     id to the worker holding the copy the scan kept of it (`chipcache`): the task prefers
     that worker, and runs elsewhere only if it is gone (then it reads the chip again).
+    `folds` maps a chip id to its spatial fold (from the scan), which its task records.
     """
     task = dask.delayed(process_chip_batch, pure=False)
     token = uuid.uuid4().hex[:12]
     placement = placement or {}
+    folds = folds or {}
     max_chips = max(1, min(SCAN_BATCH_CHIPS, len(chips) // MIN_CHIP_TASKS))
     tasks = []
     for batch in batches(
@@ -152,9 +155,10 @@ def chip_tasks(
         key = f"process_chip-{first.aoi}-{first.chip_id}{more}-{token}"
         address = placement.get(first.chip_id)
         records = [chip for chip, _ in batch]
+        work = [ChipWork(chip, index, folds.get(chip.chip_id)) for chip, index in batch]
         if address is None:
-            tasks.append((records, task(batch, job, dask_key_name=key)))
+            tasks.append((records, task(work, job, dask_key_name=key)))
             continue
         with dask.annotate(workers=[address], allow_other_workers=True):
-            tasks.append((records, task(batch, job, dask_key_name=key)))
+            tasks.append((records, task(work, job, dask_key_name=key)))
     return tasks

@@ -28,7 +28,6 @@ from distributed import Client, as_completed
 
 from sn5dask.config import RunConfig
 from sn5dask.core.folds import folds_csv, spatial_folds
-from sn5dask.core.crs import grid_centre_lonlat
 from sn5dask.core.stretch import band_cut
 from sn5dask.errors import (
     ConfigError,
@@ -317,7 +316,8 @@ def run_aoi(
             params = run_params(config, catalog, stats)
             done = resumable_chips(previous, params, config, catalog, layout, writer)
             done = prepare_store(config, catalog, layout, writer, stats, params, done)
-            footprints = {cid: stac.lonlat_bbox(h) for cid, h in stats.headers.items()}
+            footprints = stats.footprints  # computed where each chip was scanned
+            folds = chip_folds(catalog, stats, config)
             write_stats(layout, writer, catalog, config, stats, params, footprints, workers_checked)
             manifest = start_manifest(config, catalog, params, stats, done)
             todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
@@ -334,19 +334,21 @@ def run_aoi(
                 writer=writer,
                 run_token=run_token,
                 expected_versions=workers_checked.expected,
+                with_stac_items="geotiff" in config.formats,
             )
             timings = process_chips(
                 client, job, catalog, todo, manifest, writer, reporter, stats.cached_on,
-                workers_checked=workers_checked,
+                workers_checked=workers_checked, folds=folds,
             )
         # A worker killed mid-write leaves its temporary file (ours, or zarr's own
         # `<chunk>.<uuid>.partial`); every chip task has ended now, so a finished run leaves none.
         files.remove_partials(layout.folder)
         manifest.chips = {c.chip_id: manifest.chips[c.chip_id] for c in catalog.chips}
-        assign_folds(manifest, catalog, stats, config)
+        for chip_id, entry in manifest.chips.items():  # those done by earlier runs too
+            entry.fold = folds.get(chip_id)
         write_manifest(manifest, layout, writer, final=True)
         write_folds(manifest, catalog, config, layout, writer)
-        write_stac(manifest, stats, footprints, config, layout, writer)
+        write_stac_collection(manifest, footprints, config, layout, writer)
 
     counts = manifest.counts()
     summary = AoiSummary(
@@ -638,12 +640,14 @@ def process_chips(
     reporter: Reporter,
     placement: dict[str, str] | None = None,
     workers_checked: WorkerVersions | None = None,
+    folds: dict[str, int | None] | None = None,
 ) -> list[dict[str, float]]:
     """Compute the chip tasks, recording each result in the manifest as it finishes.
+    `folds`: chip id -> its spatial fold (`chip_folds`);
     `placement`: chip id -> the worker holding the copy the scan kept (`chipcache`);
     `workers_checked`: the workers whose versions were compared (a joining one is too)."""
     index = {c.chip_id: i for i, c in enumerate(catalog.chips)}
-    tasks = chip_tasks([(chip, index[chip.chip_id]) for chip in todo], job, placement)
+    tasks = chip_tasks([(chip, index[chip.chip_id]) for chip in todo], job, placement, folds)
     # optimize_graph=False keeps each task's placement
     futures = client.compute([task for _, task in tasks], optimize_graph=False)
     chips_of = {future: chips for future, (chips, _) in zip(futures, tasks, strict=True)}
@@ -701,17 +705,16 @@ def process_chips(
     return timings
 
 
-def assign_folds(manifest: Manifest, catalog: AoiCatalog, stats: AoiStats, config: RunConfig) -> None:
-    """Each labelled chip's spatial fold (from its footprint centre), in the manifest.
-    Computed over every labelled chip the scan read, so a resumed run gives the same."""
+def chip_folds(catalog: AoiCatalog, stats: AoiStats, config: RunConfig) -> dict[str, int | None]:
+    """Each labelled chip's spatial fold, from the centre of its footprint. Known after the
+    scan (the chip tasks record it), computed over every labelled chip the scan read, so a
+    resumed run gives the same."""
     centres = {
-        chip.chip_id: grid_centre_lonlat(stats.headers[chip.chip_id].grid)
+        chip.chip_id: stats.centres[chip.chip_id]
         for chip in catalog.chips
-        if chip.label is not None and chip.chip_id in stats.headers
+        if chip.label is not None and chip.chip_id in stats.centres
     }
-    folds = spatial_folds(centres, config.folds)
-    for chip_id, entry in manifest.chips.items():
-        entry.fold = folds.get(chip_id)
+    return dict(spatial_folds(centres, config.folds))
 
 
 def write_folds(
@@ -731,21 +734,17 @@ def write_folds(
     writer.write_bytes(layout.folds_url, folds_csv(rows).encode())
 
 
-def write_stac(
+def write_stac_collection(
     manifest: Manifest,
-    stats: AoiStats,
     footprints: dict[str, tuple[float, float, float, float]],
     config: RunConfig,
     layout: AoiLayout,
     writer: OutputWriter,
 ) -> None:
-    """The AOI's STAC collection and items (for GeoTIFF outputs, which the items point to),
-    flushed to disk together (two items per chip: an fsync each cost more than the item)."""
-    if "geotiff" not in config.formats:
-        return
-    with writer.committed_together():
-        for relpath, document in stac.aoi_documents(manifest, stats.headers, footprints, config.bands):
-            write_json(writer, layout.url(relpath), document)
+    """The AOI's STAC Collection (for GeoTIFF outputs, which the Items point to; each chip
+    task wrote its own chip's Items)."""
+    if "geotiff" in config.formats:
+        write_json(writer, layout.url(stac.COLLECTION_NAME), stac.aoi_collection(manifest, footprints))
 
 
 def write_root_catalog(config: RunConfig, writer: OutputWriter) -> None:
