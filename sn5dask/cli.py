@@ -327,13 +327,29 @@ def stats(
 
 
 @app.command()
-def validate(out: Annotated[str, typer.Argument(help="An sn5dask output folder or s3:// URL")]) -> None:
+def validate(
+    out: Annotated[str, typer.Argument(help="An sn5dask output folder or s3:// URL")],
+    scheduler: Annotated[Optional[str], typer.Option(show_default="checks run here, one after another", help="Run the per-chip checks on this cluster, e.g. tcp://host:8786")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, show_default=False, help="Run them on a LocalCluster of this many processes")] = None,
+) -> None:
     """Check every output against the manifest and the source georeferencing."""
     from sn5dask.outputs.validate import validate_output
 
     _setup_logging(False)
     try:
-        report = validate_output(out)
+        if scheduler is None and workers is None:
+            report = validate_output(out)
+        else:
+            from sn5dask.runner.cluster import get_client
+            from sn5dask.runner.versioncheck import WorkerVersions
+
+            if scheduler is not None:
+                from sn5dask.config import check_scheduler_address
+
+                check_scheduler_address(scheduler, "--scheduler")
+            with get_client(scheduler, workers) as client:
+                WorkerVersions(client).check_new_workers()  # a skewed worker would hang a task
+                report = validate_output(out, client=client)
     except Sn5daskError as exc:
         raise _fail(str(exc)) from None
     for problem in report.problems:

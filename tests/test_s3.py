@@ -276,3 +276,37 @@ def test_workers_missing_the_s3_endpoint_are_one_line_before_any_chip(small_aoi,
                       aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="noendpoint").get("Contents", [])]
     assert keys and all(key.startswith("in/") for key in keys)  # no output, no probe left
+
+
+def test_validate_runs_its_per_chip_checks_on_the_cluster(small_aoi, s3_env, tmp_path) -> None:
+    """`validate --scheduler`: the workers read every output; the client only lists and
+    sums. Its own S3 endpoint here answers every GeoTIFF GET with 503 (so a check run on
+    the client would fail), and validation is OK with not one such GET; a deleted RGB is
+    then found and named."""
+    import boto3
+
+    from tests.procs import FaultyProxy
+
+    upload(s3_env, small_aoi.root, "checked", "in")
+    with real_cluster(2, env=s3_env) as cluster:
+        run = sn5dask_cli("run", "s3://checked/in", "--out", "s3://checked/out", "--scheduler", cluster.address,
+                          env=s3_env)
+        output, _ = run.communicate(timeout=300)
+        assert run.returncode == 0, output
+        tif_gets = lambda method, path, n: method == "GET" and ".tif" in path  # noqa: E731
+        with FaultyProxy(s3_env["AWS_ENDPOINT_URL"], tif_gets) as proxy:
+            client_env = {**s3_env, "AWS_ENDPOINT_URL": proxy.url}
+            check = sn5dask_cli("validate", "s3://checked/out", "--scheduler", cluster.address, env=client_env)
+            output, _ = check.communicate(timeout=300)
+            assert check.returncode == 0 and "OK" in output, output
+            assert proxy.failed == 0  # the client read no GeoTIFF
+            s3 = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"])
+            rgb = next(o["Key"] for o in s3.list_objects_v2(Bucket="checked", Prefix=f"out/{AOI}/PS-RGB/")["Contents"])
+            s3.delete_object(Bucket="checked", Key=rgb)
+            check = sn5dask_cli("validate", "s3://checked/out", "--scheduler", cluster.address, env=client_env)
+            output, _ = check.communicate(timeout=300)
+    text = " ".join(output.split())
+    assert check.returncode == 1 and f"s3://checked/{rgb}: missing output file" in text, output
+    assert "1 problem(s)" in text
