@@ -237,6 +237,36 @@ def test_catalog_is_identical_after_a_resume(made, client) -> None:
 
 # --- 5. georeferenced Zarr --------------------------------------------------------------------
 
+PLAIN_XARRAY = """
+import json, sys
+import odc.geo.xr, rioxarray, xarray as xr
+ds = xr.open_zarr(sys.argv[1])
+chip = ds.rgb.isel(chip=int(sys.argv[2]))
+chip.rio.to_raster(sys.argv[3])
+print(json.dumps({"crs": None if chip.rio.crs is None else str(chip.rio.crs),
+                  "geobox": chip.odc.geobox is not None, "dataset_crs": ds.rio.crs is not None,
+                  "sn5dask": "sn5dask" in sys.modules}))
+"""
+
+
+def test_a_chip_of_the_store_in_plain_xarray_claims_no_wrong_grid(made, tmp_path) -> None:
+    """`xarray.open_zarr(store).rgb.isel(chip=i)` without sn5dask: no x/y coordinates, so
+    it must carry no CRS, and `.rio.to_raster` must write a file that claims no place on
+    Earth (before: the AOI's EPSG:4326 with 1-degree pixels at 0, 0)."""
+    import subprocess
+    import sys
+
+    _, out, _ = made
+    written = tmp_path / "plain.tif"
+    result = subprocess.run([sys.executable, "-c", PLAIN_XARRAY, str(out / AOI / f"{AOI}.zarr"), "3", str(written)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen == {"crs": None, "geobox": False, "dataset_crs": False, "sn5dask": False}
+    with rasterio.open(written) as src:
+        assert src.crs is None
+
+
 def test_zarr_chips_are_their_geotiffs_for_rioxarray_and_odc_geo(made, tmp_path) -> None:
     import odc.geo.xr  # noqa: F401
     import rioxarray  # noqa: F401

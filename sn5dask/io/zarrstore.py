@@ -13,7 +13,10 @@ Layout (Zarr format 3), read back by `xarray.open_zarr(path)` as a Dataset with 
   `has_labels` (chip,) bool: the chip had a label file (an all-zero mask of a chip
   without one is "not labelled", not "no roads").
 - `spatial_ref`: a CF grid-mapping variable (`crs_wkt`, `spatial_ref`) when every chip has
-  one CRS (the usual case), named by each data variable's `grid_mapping`.
+  one CRS (the usual case), for readers of the AOI's CRS. The data variables do not name
+  it (no `grid_mapping`): chips are stacked without x/y coordinates, so a chip selected
+  with plain xarray has no grid, and carries no CRS rather than a wrong one;
+  `sn5dask.chip_dataarray` returns it georeferenced.
 - each data variable says what its values mean (`description`, `band_descriptions`,
   `sn5dask.core.encodings`); `rgb` carries `nodata: 0` (rioxarray reads it).
 
@@ -89,14 +92,16 @@ def create_store(
     group = _open(url, "w")
     group.attrs.update({**attrs, "crs_wkt": crs_list})
     one_crs = len(crs_list) == 1
-    coordinates = COORDINATES + (" spatial_ref" if one_crs else "")
+    # The data variables name no grid mapping: a chip taken with plain xarray indexing
+    # (`ds.rgb.isel(chip=i)`) has no x/y coordinates, so a CRS it carried would pair with
+    # an identity transform (rioxarray) and claim a wrong grid. `chip_dataarray` gives
+    # the chip its own grid and CRS.
+    coordinates = COORDINATES
 
     def data_array(name: str, extra: tuple[tuple[str, int], ...], meaning: dict[str, Any]) -> None:
         dims = ("chip",) + tuple(d for d, _ in extra) + ("y", "x")
         shape = (n,) + tuple(s for _, s in extra) + (height, width)
         attributes = {"coordinates": coordinates, **meaning}
-        if one_crs:
-            attributes["grid_mapping"] = "spatial_ref"
         group.create_array(
             name,
             shape=shape,
