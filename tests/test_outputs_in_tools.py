@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp
 import xarray as xr
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.vrt import WarpedVRT
@@ -93,7 +94,8 @@ def test_band_descriptions_and_colour_interpretation(made) -> None:
     ds = xr.open_zarr(out / AOI / f"{AOI}.zarr")
     assert ds["mask_multichannel"].attrs["band_descriptions"] == list(MASK_ENCODINGS["multichannel"].bands)
     assert ds["mask_binned"].attrs["description"] == MASK_ENCODINGS["binned"].values
-    assert all(v.dtype == np.uint8 for v in ds.data_vars.values())  # no float promotion
+    assert all(v.dtype == np.uint8 for k, v in ds.data_vars.items() if k != "spatial_ref")  # no float promotion
+    assert "crs_wkt" in ds["spatial_ref"].attrs and "spatial_ref" not in ds["rgb"].coords
 
 
 # --- 3. spatial folds in CRESI's format ------------------------------------------------------
@@ -160,6 +162,38 @@ def test_images_and_masks_load_as_cresis_reader_loads_them(made, tmp_path) -> No
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_cresi_profile_multichannel_masks_read_as_cresi_read_them(client, tmp_path) -> None:
+    """CRESI wrote its 8-channel masks pixel-interleaved (GDAL's default), so its readers
+    (skimage.io.imread, i.e. tifffile) get (H, W, 8): the `cresi` profile writes them so.
+    The default profile writes them band-interleaved (faster, smaller), read as (8, H, W)."""
+    import tifffile
+
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=3, size=96, seed=8, roads_per_chip=(4, 8))
+    for profile, shape in (("cresi", (96, 96, 8)), ("sn5dask", (8, 96, 96))):
+        out = tmp_path / profile
+        sn5dask.run(load_config(None, root=str(aoi.root), out=str(out), profile=profile,
+                                masks="multichannel", formats="geotiff"), client=client)
+        for path in (out / AOI / "masks" / "multichannel").glob("*.tif"):
+            image = tifffile.imread(path)
+            with rasterio.open(path) as src:
+                assert image.shape == shape and set(src.colorinterp) <= {ColorInterp.gray, ColorInterp.undefined}
+                assert np.array_equal(np.moveaxis(image, -1, 0) if profile == "cresi" else image, src.read())
+
+
+def test_four_rgb_bands_are_red_green_blue_then_undefined_not_alpha(client, tmp_path) -> None:
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=2, size=64, seed=8, with_edge_cases=False)
+    sn5dask.run(load_config(None, root=str(aoi.root), out=str(tmp_path / "out"), bands="5,3,2,1",
+                            masks="none", formats="geotiff"), client=client)
+    for path in (tmp_path / "out" / AOI / "PS-RGB").glob("*.tif"):
+        with rasterio.open(path) as src:
+            assert src.colorinterp == (ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.undefined)
+            assert src.count == 4 and src.nodata == 0
 
 
 # --- 4. STAC ---------------------------------------------------------------------------------

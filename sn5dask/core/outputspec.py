@@ -36,7 +36,8 @@ class OutputSpec:
 
     `compress`: one of `COMPRESSIONS`; `is_mask`: the masks' codec settings (no predictor);
     `nodata`: the GeoTIFF nodata tag (None: none); `photometric`: GDAL's PHOTOMETRIC
-    creation option (None: GDAL's default); `descriptions`: one per band.
+    creation option (None: GDAL's default); `descriptions`: one per band; `interleave`:
+    "pixel" or "band" (None: pixel up to 4 bands, band above).
     """
 
     compress: str
@@ -44,6 +45,7 @@ class OutputSpec:
     nodata: float | None = None
     photometric: str | None = None
     descriptions: tuple[str, ...] | None = None
+    interleave: str | None = None
 
     def __post_init__(self) -> None:
         if self.compress not in COMPRESSIONS:
@@ -52,14 +54,19 @@ class OutputSpec:
     @classmethod
     def rgb(cls, bands: Sequence[int], compress: str) -> OutputSpec:
         """The 8-bit image of `bands` (PS-MS band numbers): nodata 0, colour interpretation
-        RGB when there are exactly three bands."""
-        return cls(compress, nodata=0, photometric="RGB" if len(bands) == 3 else None,
+        red, green, blue for the first three and undefined for any further band (GDAL's
+        default for a fourth would be alpha, and no band of it is one)."""
+        return cls(compress, nodata=0, photometric="RGB" if len(bands) >= 3 else "MINISBLACK",
                    descriptions=tuple(rgb_descriptions(tuple(bands))))  # fmt: skip
 
     @classmethod
-    def mask(cls, kind: str, compress: str) -> OutputSpec:
-        """A mask kind (`binary`, `continuous`, `binned`, `multichannel`): no nodata tag."""
-        return cls(compress, is_mask=True, descriptions=tuple(MASK_ENCODINGS[kind].bands))
+    def mask(cls, kind: str, compress: str, multichannel_interleave: str = "band") -> OutputSpec:
+        """A mask kind (`binary`, `continuous`, `binned`, `multichannel`): no nodata tag,
+        grey then undefined bands (never alpha); the multichannel mask's band layout is
+        the profile's (`Profile.multichannel_interleave`)."""
+        return cls(compress, is_mask=True, photometric="MINISBLACK",
+                   descriptions=tuple(MASK_ENCODINGS[kind].bands),
+                   interleave=multichannel_interleave if kind == "multichannel" else None)  # fmt: skip
 
     def codec_options(self) -> dict[str, str | int]:
         """GDAL creation options of the codec (compress, predictor, level)."""

@@ -213,7 +213,7 @@ def encode_geotiff(array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> b
         "width": width,
         "count": count,
         "dtype": array.dtype.name,
-        "interleave": "pixel" if count <= 4 else "band",
+        "interleave": spec.interleave or ("pixel" if count <= 4 else "band"),
         "tiled": True,
         "blockysize": block_size(height),
         "blockxsize": block_size(width),

@@ -218,7 +218,7 @@ def _zarr_store_problems(layout: AoiLayout, aoi: str) -> list[str]:
     return [
         f"{aoi}: {url}: {name} is {variable.dtype}, expected uint8"
         for name, variable in ds.data_vars.items()
-        if variable.dtype != np.uint8
+        if name != "spatial_ref" and variable.dtype != np.uint8
     ]
 
 

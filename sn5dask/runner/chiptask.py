@@ -202,7 +202,8 @@ def _process(
         for kind, mask in masks.items():
             path = layout.mask_relpath(kind, chip.output_name)
             result.entry.output_bytes[kind] = writer.write_geotiff(
-                layout.url(path), mask, header, OutputSpec.mask(kind, config.compress)
+                layout.url(path), mask, header,
+                OutputSpec.mask(kind, config.compress, config.rules.multichannel_interleave),
             )
             result.entry.outputs[kind] = path
         timings["write_masks"] = time.perf_counter() - started
