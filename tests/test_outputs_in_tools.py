@@ -214,7 +214,8 @@ def schema_validator(schema_url: str):
 def validate_stac(document: dict) -> None:
     kind = {"Feature": "item-spec/json-schema/item.json", "Catalog": "catalog-spec/json-schema/catalog.json",
             "Collection": "collection-spec/json-schema/collection.json"}[document["type"]]
-    schema_validator(f"https://schemas.stacspec.org/v1.0.0/{kind}").validate(document)
+    assert document["stac_version"] == "1.1.0"
+    schema_validator(f"https://schemas.stacspec.org/v1.1.0/{kind}").validate(document)
     for extension in document.get("stac_extensions", []):
         schema_validator(extension).validate(document)
 
@@ -246,7 +247,20 @@ def test_stac_catalog_validates_offline_and_reads_with_pystac(made) -> None:
         (source,) = label.get_links("source")
         assert source.resolve_stac_object().target.id == image.id
         for kind in ("binary", "continuous", "binned", "multichannel"):
-            assert Path(label.assets[kind].get_absolute_href()) == out / AOI / entry["outputs"][kind]
+            asset = label.assets[kind]
+            assert Path(asset.get_absolute_href()) == out / AOI / entry["outputs"][kind]
+            # the classes an asset lists are the values its pixels take (a regression
+            # target, the continuous mask, lists none)
+            with rasterio.open(asset.get_absolute_href()) as src:
+                values = set(np.unique(src.read()).tolist())
+            if kind == "continuous":
+                assert "label:classes" not in asset.extra_fields
+                continue
+            [classes] = asset.extra_fields["label:classes"]
+            assert classes["name"] is None and values <= set(classes["classes"]) and 0 in values
+            assert set(classes["classes"]) == ({0, 255} if kind in ("binary", "multichannel")
+                                               else {0, 36, 72, 108, 144, 180, 216, 252, 255})
+        assert "label:classes" not in label.properties  # none at item level that matches no asset
 
 
 def test_stac_validation_catches_a_broken_item(made) -> None:

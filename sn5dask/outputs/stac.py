@@ -23,15 +23,13 @@ from typing import Any
 from sn5dask.core.encodings import (
     MASK_ENCODINGS,
     RGB_VALUES,
-    ROAD,
-    SPEED_BINS,
     rgb_descriptions,
 )
 from sn5dask.core.grid import ChipHeader
 from sn5dask.outputs.layout import FOLDS_NAME
 from sn5dask.outputs.manifest import ChipEntry, Manifest
 
-STAC_VERSION = "1.0.0"
+STAC_VERSION = "1.1.0"
 PROJECTION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 RASTER = "https://stac-extensions.github.io/raster/v1.1.0/schema.json"
 LABEL = "https://stac-extensions.github.io/label/v1.0.1/schema.json"
@@ -177,9 +175,9 @@ def label_item(
     bbox: tuple[float, float, float, float],
     masks: Mapping[str, str],
 ) -> dict[str, Any]:
-    # Raster labels name no property (name: null): the classes are the road classes the
-    # masks encode, in the multichannel bands' order; each asset says how it encodes them.
-    classes = [{"name": None, "classes": ["background", *SPEED_BINS, ROAD]}]
+    # Raster labels name no property (name: null). Each asset lists the pixel values it
+    # holds as its classes (binary 0/255, binned 0 and 36 k, multichannel 0/255 in every
+    # band, whose names say the class); the continuous mask is a regression target.
     description = "; ".join(f"{kind}: {MASK_ENCODINGS[kind].values}" for kind in masks)
     tasks = ["segmentation"] + (["regression"] if "continuous" in masks else [])
     return _item(
@@ -191,7 +189,6 @@ def label_item(
         properties={
             "label:type": "raster",
             "label:properties": None,
-            "label:classes": classes,
             "label:tasks": tasks,
             "label:description": description,
             "sn5dask:fold": entry.fold,
@@ -206,11 +203,21 @@ def label_item(
                 "raster:bands": [
                     {"data_type": "uint8", "name": name} for name in MASK_ENCODINGS[kind].bands
                 ],
+                **_asset_classes(kind),
             }
             for kind, path in masks.items()
         },
         links=[_link("source", f"./{chip_id}.json", "application/geo+json", title="the image")],
     )
+
+
+def _asset_classes(kind: str) -> dict[str, Any]:
+    """A mask asset's `label:classes`: the pixel values it holds (none for a regression
+    target such as the continuous mask)."""
+    if kind == "continuous":
+        return {}
+    values = sorted({value for value, _ in MASK_ENCODINGS[kind].classes})
+    return {"label:classes": [{"name": None, "classes": values}]}
 
 
 def _item(
