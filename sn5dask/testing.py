@@ -190,6 +190,10 @@ class MemoryWriter:
     def exists(self, url: str) -> bool:
         return url in self.files
 
+    def remove(self, url: str) -> None:
+        self._check(url)
+        self.files.pop(url, None)
+
     def file_sizes(self, folder_url: str, *, skip: str | None = None) -> dict[str, int]:
         sizes = {}
         for url, value in list(self.files.items()):

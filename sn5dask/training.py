@@ -14,6 +14,7 @@ Each item opens its files itself, so it is safe in DataLoader worker processes.
 
 from __future__ import annotations
 
+import multiprocessing
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,9 +48,11 @@ class ChipDataset:
 
     - `masks`: the mask kind returned as `mask` (multichannel: (8, H, W)).
     - `folds`: keep only chips in these folds (None: all listed chips).
-    - `crop`: a square window of this side (chips smaller than it are padded with 0);
-      its place is drawn from `seed` and the item's index, so the same dataset gives the
-      same crops (pass another seed per epoch for new ones). None: whole chips.
+    - `crop`: a square window of this side; its place is drawn from `seed`, the epoch
+      (`set_epoch`) and the item's index, so an epoch gives the same crops every time and
+      each epoch other ones. None: whole chips. Where a crop reaches past a smaller chip,
+      the image is 0 (nodata) and the mask `mask_pad_value` (default 0, which reads as
+      background: give e.g. 255 and `CrossEntropyLoss(ignore_index=255)` to leave it out).
     - `index_masks`: masks as class indices: binary and multichannel 0/1, binned the speed
       bin 0..7 (continuous has no classes and is refused).
     - `source`: "geotiff" (the per-chip files) or "zarr" (the AOI's store).
@@ -68,13 +71,20 @@ class ChipDataset:
         index_masks: bool = False,
         seed: int = 0,
         source: Literal["geotiff", "zarr"] = "geotiff",
+        mask_pad_value: int = 0,
     ) -> None:
         if index_masks and masks == "continuous":
             raise ValueError("continuous masks hold speeds, not classes: index_masks needs another kind")
         if crop is not None and crop < 1:
             raise ValueError(f"crop must be a positive side in pixels, not {crop}")
+        if not 0 <= mask_pad_value <= 255:
+            raise ValueError(f"mask_pad_value must fit the uint8 masks (0-255), not {mask_pad_value}")
         self.masks, self.crop, self.index_masks, self.seed = masks, crop, index_masks, seed
-        self.source = source
+        self.source, self.mask_pad_value = source, mask_pad_value
+        # The epoch lives in shared memory, created before any DataLoader worker starts, so
+        # `set_epoch` reaches workers that persist across epochs (`persistent_workers=True`:
+        # each holds its own copy of the dataset, where a plain attribute would never change).
+        self._epoch = multiprocessing.RawValue("q", 0)
         wanted = None if folds is None else set(folds)
         out = files.normalise_location(out)
         layouts = [AoiLayout(out, aoi)] if aoi else layouts_under(out)
@@ -90,6 +100,15 @@ class ChipDataset:
     def __len__(self) -> int:
         return len(self.items)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the next crops for `epoch` (as a sampler's `set_epoch`), in this process
+        and in DataLoader workers already started."""
+        self._epoch.value = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         if self.source == "zarr":
@@ -97,13 +116,17 @@ class ChipDataset:
         else:
             image = _read_geotiff(item.layout.url(item.layout.rgb_relpath(item.name)))
             mask = _read_geotiff(item.layout.url(item.layout.mask_relpath(self.masks, item.name)))
+        inside = None
         if self.crop is not None:
-            rng = np.random.default_rng([self.seed, index])
-            image, mask = _crop(image, mask, self.crop, rng)
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            image, mask, inside = _crop(image, mask, self.crop, rng)
         if self.masks != "multichannel":
             mask = mask[0]
         if self.index_masks:
             mask = class_indices(mask, self.masks)
+        if inside is not None and self.mask_pad_value:
+            mask[..., inside[0] :, :] = self.mask_pad_value
+            mask[..., :, inside[1] :] = self.mask_pad_value
         return {"image": image, "mask": mask, "chip_id": item.chip_id, "aoi": item.layout.aoi,
                 "fold": item.fold}  # fmt: skip
 
@@ -146,6 +169,8 @@ def _listed_chips(layout: AoiLayout) -> list[ChipItem]:
     try:
         folds = read_folds(layout.folds_url)
     except FileNotFoundError:
+        if files.exists(layout.manifest_url):  # a run wrote no folds: no chip has masks
+            return []
         raise Sn5daskError(f"{layout.folds_url}: missing: run `sn5dask run` to write it") from None
     manifest = Manifest.parse(read_json(FileWriter(), layout.manifest_url), layout.manifest_url)
     by_name: dict[str, tuple[str, int | None]] = {}
@@ -177,11 +202,13 @@ def _read_geotiff(url: str) -> np.ndarray:
 
 def _crop(
     image: np.ndarray, mask: np.ndarray, side: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The window of `side` px, and how many of its rows and columns lie in the chip."""
     height, width = image.shape[-2:]
     top = int(rng.integers(0, max(height - side, 0) + 1))
     left = int(rng.integers(0, max(width - side, 0) + 1))
-    return _window(image, top, left, side), _window(mask, top, left, side)
+    inside = (min(side, height - top), min(side, width - left))
+    return _window(image, top, left, side), _window(mask, top, left, side), inside
 
 
 def _window(array: np.ndarray, top: int, left: int, side: int) -> np.ndarray:

@@ -383,3 +383,68 @@ def test_chip_dataset_reads_folds_crops_and_class_indices(made) -> None:
         assert np.array_equal(zarr[i]["mask"], everything[i]["mask"])
     with pytest.raises(ValueError, match="continuous"):
         ChipDataset(str(out), AOI, masks="continuous", index_masks=True)
+
+
+def _epoch_worker(dataset, requests, replies) -> None:  # a persistent DataLoader worker
+    for index in iter(requests.get, None):
+        replies.put(dataset[index]["image"])
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_set_epoch_reaches_persistent_workers(made, method) -> None:
+    """DataLoader(persistent_workers=True) keeps one copy of the dataset per worker
+    process, made when the workers start (fork, or pickled for spawn); `set_epoch` called
+    afterwards in the main process must still change the crops those workers draw."""
+    import multiprocessing
+
+    from sn5dask.training import ChipDataset
+
+    _, out, _ = made
+    dataset = ChipDataset(str(out), AOI, crop=48, seed=3)
+    context = multiprocessing.get_context(method)
+    requests, replies = context.Queue(), context.Queue()
+    worker = context.Process(target=_epoch_worker, args=(dataset, requests, replies))
+    worker.start()
+    try:
+        crops = []
+        for epoch in (0, 1, 0):
+            dataset.set_epoch(epoch)
+            requests.put(2)
+            crops.append(replies.get(timeout=60))
+            assert np.array_equal(crops[-1], dataset[2]["image"])  # the same crop as here
+    finally:
+        requests.put(None)
+        worker.join(30)
+    assert not np.array_equal(crops[0], crops[1]) and np.array_equal(crops[0], crops[2])
+
+
+def test_crops_beyond_a_small_chip_can_be_marked_for_the_loss_to_ignore(made) -> None:
+    from sn5dask.training import ChipDataset
+
+    _, out, _ = made
+    plain = ChipDataset(str(out), AOI, crop=128, masks="binary", index_masks=True)[0]
+    marked = ChipDataset(str(out), AOI, crop=128, masks="binary", index_masks=True, mask_pad_value=255)[0]
+    assert plain["mask"].shape == marked["mask"].shape == (128, 128)
+    assert np.array_equal(marked["mask"][:96, :96], plain["mask"][:96, :96])  # the 96 px chip
+    assert (marked["mask"][96:, :] == 255).all() and (marked["mask"][:, 96:] == 255).all()
+    assert (plain["mask"][96:, :] == 0).all() and (marked["image"][:, 96:, :] == 0).all()
+    with pytest.raises(ValueError, match="mask_pad_value"):
+        ChipDataset(str(out), AOI, crop=128, mask_pad_value=300)
+
+
+def test_an_aoi_without_labels_writes_no_folds_csv_and_says_so(tmp_path) -> None:
+    """A header-only folds.csv crashes CRESI's get_csv_folds (max() of no folds): none is
+    written, the run says why, and the loader has nothing to give."""
+    from sn5dask.synthetic import make_synthetic_aoi
+    from sn5dask.training import ChipDataset
+    from tests.procs import sn5dask_cli
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=3, size=64, seed=2)
+    for label in aoi.labels:
+        Path(label).unlink(missing_ok=True)
+    process = sn5dask_cli("run", aoi.root, "--out", tmp_path / "out", "--workers", "1")
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert "no chip has masks" in " ".join(output.split()) and "no folds.csv written" in " ".join(output.split())
+    assert not (tmp_path / "out" / AOI / "folds.csv").exists()
+    assert len(ChipDataset(str(tmp_path / "out"), AOI)) == 0

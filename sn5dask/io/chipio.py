@@ -99,6 +99,10 @@ class OutputWriter(Protocol):
 
     def exists(self, url: str) -> bool: ...
 
+    def remove(self, url: str) -> None:
+        """Delete a file this writer wrote (none there: nothing to do)."""
+        ...
+
     def file_sizes(self, folder_url: str, *, skip: str | None = None) -> dict[str, int]:
         """URL -> size of every file below a folder (none under `skip`), in one listing."""
         ...
@@ -184,6 +188,9 @@ class FileWriter:
 
     def exists(self, url: str) -> bool:
         return files.exists(url)
+
+    def remove(self, url: str) -> None:
+        files.remove_file(url)
 
     def file_sizes(self, folder_url: str, *, skip: str | None = None) -> dict[str, int]:
         return files.file_sizes(folder_url, skip=skip)

@@ -158,6 +158,15 @@ def s3_reach_problem(url: str, probe_name: str | None = None) -> str | None:
     return None
 
 
+def remove_file(url: str) -> None:
+    """Delete one file or object; one that is not there is nothing to do."""
+    fs, path = filesystem(url)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def remove_empty_folder(url: str) -> None:
     """Remove a local folder if it is empty (S3 has no folders); anything else stays."""
     if is_local(url):

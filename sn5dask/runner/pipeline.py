@@ -347,7 +347,11 @@ def run_aoi(
         for chip_id, entry in manifest.chips.items():  # those done by earlier runs too
             entry.fold = folds.get(chip_id)
         write_manifest(manifest, layout, writer, final=True)
-        write_folds(manifest, catalog, config, layout, writer)
+        if not write_folds(manifest, catalog, config, layout, writer):
+            reporter.notice(
+                f"{catalog.aoi}: no chip has masks (no label file, or --masks none): no "
+                f"folds.csv written, nothing in this AOI to train on"
+            )
         write_stac_collection(manifest, footprints, config, layout, writer)
 
     counts = manifest.counts()
@@ -719,9 +723,11 @@ def chip_folds(catalog: AoiCatalog, stats: AoiStats, config: RunConfig) -> dict[
 
 def write_folds(
     manifest: Manifest, catalog: AoiCatalog, config: RunConfig, layout: AoiLayout, writer: OutputWriter
-) -> None:
+) -> bool:
     """`folds.csv`: the chips whose masks were written (and RGB, for GeoTIFF runs), by
-    RGB file name, so a trainer listing it never asks for a missing file."""
+    RGB file name, so a trainer listing it never asks for a missing file. With no such
+    chip there is no file (a header-only CSV crashes CRESI's `get_csv_folds`) and an old
+    one is removed; returns whether one was written."""
     rows = {}
     for chip in catalog.chips:
         entry = manifest.chips[chip.chip_id]
@@ -731,7 +737,11 @@ def write_folds(
         has_rgb = "rgb" in entry.outputs or "geotiff" not in config.formats
         if entry.done and entry.fold is not None and has_masks and has_rgb:
             rows[chip.output_name] = entry.fold
+    if not rows:
+        writer.remove(layout.folds_url)
+        return False
     writer.write_bytes(layout.folds_url, folds_csv(rows).encode())
+    return True
 
 
 def write_stac_collection(
