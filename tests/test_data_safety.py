@@ -482,3 +482,68 @@ def test_an_s3_lock_has_one_winner_and_a_dead_clients_lock_is_broken_on_request(
         assert process.returncode == 0, output
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="locks", Prefix="out/")["Contents"]]
         assert "out/AOI_99_Synthetic/manifest.json" in keys and "out/AOI_99_Synthetic/.sn5dask.lock" not in keys
+
+
+def test_a_changed_run_leaves_no_output_its_records_do_not_list(client, tmp_path) -> None:
+    """OUT, the manifest, folds.csv and the STAC catalog agree after every run: a re-run
+    with other parameters (--overwrite) removes the GeoTIFFs, items and collection the
+    new run does not make; a chip whose input is gone loses its outputs; a chip whose
+    label turns bad keeps the RGB it still lists and loses its masks; the run says so."""
+    import shutil
+
+    import sn5dask
+    from sn5dask.config import load_config
+    from sn5dask.outputs.validate import validate_output
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=5, size=64, seed=4, with_edge_cases=False)
+    out = tmp_path / "out"
+    folder = out / "AOI_99_Synthetic"
+    notices: list[str] = []
+
+    from sn5dask.runner.pipeline import LogReporter
+
+    class Notes(LogReporter):
+        def notice(self, message: str) -> None:
+            notices.append(message)
+
+    def run(**options) -> None:
+        summary = sn5dask.run(load_config(None, root=str(aoi.root), out=str(out), **options), client=client,
+                              reporter=Notes())
+        assert summary.aois[0].counts.get("ok", 0) >= 1
+        assert validate_output(str(out)).ok
+
+    def listed() -> set[Path]:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        paths = {folder / p for e in manifest["chips"].values() for k, p in e["outputs"].items() if k != "zarr"}
+        return paths | {folder / "stac" / f"{c}{s}.json" for c, e in manifest["chips"].items()
+                        if e["status"] == "ok" and "rgb" in e["outputs"]
+                        for s in ("", "-label") if s == "" or "binary" in e["outputs"]}
+
+    def tifs_and_items() -> set[Path]:
+        return {p for p in folder.rglob("*") if p.suffix in (".tif", ".json")
+                and p.parent.name != "AOI_99_Synthetic" and ".zarr" not in str(p)}
+
+    run(formats="geotiff,zarr")
+    assert tifs_and_items() == listed() and len(listed()) == 5 * 5 + 5 * 2
+
+    # the input of chip 3 is gone, the label of chip 1 turns bad
+    Path(aoi.images[3]).unlink()
+    Path(aoi.labels[1]).write_text("{not json")
+    run(formats="geotiff,zarr", overwrite=True)  # the AOI's percentiles changed with its chips
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "chip3" not in manifest["chips"] and manifest["chips"]["chip1"]["status"] == "failed"
+    assert tifs_and_items() == listed()
+    assert not list(folder.rglob("*chip3*")) and list((folder / "PS-RGB").glob("*chip1.tif"))
+    assert not list((folder / "masks").rglob("*chip1.tif"))
+    assert "chip1" not in (folder / "folds.csv").read_text() and notices
+
+    # other parameters over it: Zarr only, other bands
+    notices.clear()
+    run(formats="zarr", bands="7,5,3", overwrite=True)
+    assert not tifs_and_items() and not (folder / "collection.json").exists()
+    assert not (out / "catalog.json").exists() and any("removed" in n for n in notices)
+    assert (folder / "AOI_99_Synthetic.zarr").is_dir()
+    run(formats="geotiff", overwrite=True)
+    assert not (folder / "AOI_99_Synthetic.zarr").exists() and tifs_and_items() == listed()
+    shutil.rmtree(out)

@@ -167,6 +167,12 @@ def remove_file(url: str) -> None:
         pass
 
 
+def remove_tree(url: str) -> None:
+    """Delete a folder (or S3 prefix) and everything below it."""
+    fs, path = filesystem(url)
+    fs.rm(path, recursive=True)
+
+
 def remove_empty_folder(url: str) -> None:
     """Remove a local folder if it is empty (S3 has no folders); anything else stays."""
     if is_local(url):

@@ -49,7 +49,7 @@ from sn5dask.io.chipio import (
 )
 from sn5dask.io.lock import RunLock
 from sn5dask.outputs import stac
-from sn5dask.outputs.layout import AoiLayout, layouts_under, output_overlaps_input
+from sn5dask.outputs.layout import ZARR_OUTPUT, AoiLayout, layouts_under, output_overlaps_input
 from sn5dask.outputs.manifest import ChipEntry, Manifest, OutputState
 from sn5dask.runner.aoistats import AoiStats
 from sn5dask.runner.chiptask import ChipJob, ChipResult
@@ -353,6 +353,14 @@ def run_aoi(
                 f"folds.csv written, nothing in this AOI to train on"
             )
         write_stac_collection(manifest, footprints, config, layout, writer)
+        if stats.histogram is None:  # a per-chip stretch: an earlier run's AOI histogram would lie
+            writer.remove(layout.histograms_url)
+        stale = remove_stale_outputs(previous, manifest, footprints, config, layout, writer)
+        if stale:
+            reporter.notice(
+                f"{catalog.aoi}: removed {len(stale)} output(s) of an earlier run that the manifest "
+                f"no longer lists (chips failed, gone or made with other parameters), e.g. {stale[0]}"
+            )
 
     counts = manifest.counts()
     summary = AoiSummary(
@@ -744,6 +752,52 @@ def write_folds(
     return True
 
 
+def remove_stale_outputs(
+    previous: Manifest | ManifestError | None,
+    manifest: Manifest,
+    footprints: dict[str, tuple[float, float, float, float]],
+    config: RunConfig,
+    layout: AoiLayout,
+    writer: OutputWriter,
+) -> list[str]:
+    """Delete what the previous manifest listed (its chips' files and STAC items, its Zarr
+    store, its collection) that the final manifest of this run does not, so that OUT, the
+    manifest, folds.csv and the catalog agree; returns the URLs removed. Only files an
+    sn5dask manifest recorded are touched, and only inside this AOI's output folder (a
+    listed path escaping it is left alone): never an input, never a file nobody listed."""
+    if not isinstance(previous, Manifest):
+        return []
+    keep: set[str] = set()
+    for chip_id, entry in manifest.chips.items():
+        keep.update(entry.file_outputs().values())
+        if "geotiff" in config.formats and stac.has_items(entry, footprints.get(chip_id)):
+            keep.add(stac.item_relpath(chip_id))
+            if stac.mask_outputs(entry):
+                keep.add(stac.item_relpath(chip_id, label=True))
+    listed: set[str] = set()
+    had_zarr = False
+    for chip_id, entry in previous.chips.items():
+        listed.update(entry.file_outputs().values())
+        had_zarr = had_zarr or ZARR_OUTPUT in entry.outputs
+        if "rgb" in entry.outputs:
+            listed.update((stac.item_relpath(chip_id), stac.item_relpath(chip_id, label=True)))
+    if "geotiff" not in config.formats:
+        listed.add(stac.COLLECTION_NAME)
+    removed = []
+    for relpath in sorted(listed - keep):
+        try:
+            url = layout.url(relpath)
+        except ValueError:  # a tampered manifest's path outside OUT: not ours to delete
+            continue
+        if writer.exists(url):
+            writer.remove(url)
+            removed.append(url)
+    if had_zarr and "zarr" not in config.formats and files.exists(layout.zarr_url):
+        files.remove_tree(layout.zarr_url)
+        removed.append(layout.zarr_url)
+    return removed
+
+
 def write_stac_collection(
     manifest: Manifest,
     footprints: dict[str, tuple[float, float, float, float]],
@@ -765,6 +819,8 @@ def write_root_catalog(config: RunConfig, writer: OutputWriter) -> None:
     ]
     if aois:
         write_json(writer, files.join(config.out, stac.CATALOG_NAME), stac.catalog(aois))
+    else:  # no AOI has a collection (any more): a catalog would link what is gone
+        writer.remove(files.join(config.out, stac.CATALOG_NAME))
 
 
 def write_manifest(
