@@ -63,10 +63,14 @@ def make_synthetic_aoi(
     roads_per_chip: tuple[int, int] | None = None,
     compress: str | None = None,
     with_edge_cases: bool = True,
+    origin_lonlat: tuple[float, float] = ORIGIN_LONLAT,
+    columns: int | None = None,
 ) -> SyntheticAoi:
     """Write a synthetic AOI under `root` and return its paths.
 
     `crs`: "EPSG:4326" (lon/lat grid) or "utm" (the WGS84 UTM zone of the origin).
+    `origin_lonlat`: the top-left corner of the first chip (default: Moscow); chips are laid
+    out in rows of `columns` (default: a square grid).
     `roads_per_chip`: (min, max) roads per chip; default 25-60 on a 1300 px chip, scaled
     with the chip's side for smaller chips (at least 2-4).
     `with_edge_cases`: zero margins on some chips (chip 1: 10 % top rows; chip 4: 35 %
@@ -85,6 +89,7 @@ def make_synthetic_aoi(
     for chip in synthetic_chips(
         aoi=aoi, n_chips=n_chips, size=size, seed=seed, crs=crs,
         roads_per_chip=roads_per_chip, with_edge_cases=with_edge_cases,
+        origin_lonlat=origin_lonlat, columns=columns,
     ):  # fmt: skip
         image_path = image_dir / chip.image_name
         _write_image(image_path, chip.image, chip.transform, chip.crs, compress)
@@ -157,11 +162,13 @@ def synthetic_chips(
     crs: str = "EPSG:4326",
     roads_per_chip: tuple[int, int] | None = None,
     with_edge_cases: bool = True,
+    origin_lonlat: tuple[float, float] = ORIGIN_LONLAT,
+    columns: int | None = None,
 ) -> list[SyntheticChip]:
     """The chips `make_synthetic_aoi` writes, in memory (same arguments, same pixels)."""
-    raster_crs, origin_xy, pixel_xy = _aoi_grid(crs)
+    raster_crs, origin_xy, pixel_xy = _aoi_grid(crs, origin_lonlat)
     to_lonlat = Transformer.from_crs(raster_crs, CRS.from_epsg(4326), always_xy=True)
-    columns = max(1, math.ceil(math.sqrt(n_chips)))
+    columns = columns or max(1, math.ceil(math.sqrt(n_chips)))
     if roads_per_chip is None:
         scale = size / 1300
         roads_per_chip = (max(2, round(25 * scale)), max(4, round(60 * scale)))
@@ -196,8 +203,10 @@ def synthetic_chips(
     return chips
 
 
-def _aoi_grid(crs: str) -> tuple[CRS, tuple[float, float], tuple[float, float]]:
-    lon, lat = ORIGIN_LONLAT
+def _aoi_grid(
+    crs: str, origin_lonlat: tuple[float, float] = ORIGIN_LONLAT
+) -> tuple[CRS, tuple[float, float], tuple[float, float]]:
+    lon, lat = origin_lonlat
     if crs.lower() == "utm":
         zone = int((lon + 180) // 6) + 1
         utm = CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)

@@ -13,7 +13,7 @@ Pure: no files, no dask.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 DEFAULT_FOLDS = 5
 
@@ -30,10 +30,26 @@ def spatial_folds(centres: Mapping[str, tuple[float, float]], k: int = DEFAULT_F
     mean_lat = sum(lat for _, lat in centres.values()) / len(centres)
     # Degrees of longitude shrink with latitude: compare extents in (roughly) metres.
     x_scale = math.cos(math.radians(mean_lat))
-    points = {cid: (lon * x_scale, lat) for cid, (lon, lat) in centres.items()}
+    unwrap = antimeridian_unwrap([lon for lon, _ in centres.values()])
+    points = {cid: (unwrap(lon) * x_scale, lat) for cid, (lon, lat) in centres.items()}
     folds: dict[str, int] = {}
     _bisect(sorted(points), points, min(k, len(points)), 0, folds)
     return folds
+
+
+def antimeridian_unwrap(longitudes: Sequence[float]) -> Callable[[float], float]:
+    """A map of longitudes onto a line on which `longitudes` lie together: the identity,
+    unless they straddle 180° (their widest gap is not the one across ±180°), in which
+    case the western side is moved by +360° next to the eastern one (179.9, -179.9 ->
+    179.9, 180.1). Keeps AOIs on the antimeridian in contiguous blocks."""
+    ordered = sorted(longitudes)
+    if len(ordered) < 2:
+        return lambda lon: lon
+    across = 360.0 - (ordered[-1] - ordered[0])  # the gap across ±180°
+    widest, after = max((b - a, b) for a, b in zip(ordered, ordered[1:]))
+    if widest <= across:
+        return lambda lon: lon
+    return lambda lon: lon + 360.0 if lon < after else lon
 
 
 def _bisect(

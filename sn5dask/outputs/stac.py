@@ -114,10 +114,7 @@ def catalog(aois: Sequence[str]) -> dict[str, Any]:
 
 
 def collection(aoi: str, bboxes: Sequence[tuple[float, float, float, float]], item_links: list[dict[str, Any]]) -> dict[str, Any]:
-    extent = [
-        min(b[0] for b in bboxes), min(b[1] for b in bboxes),
-        max(b[2] for b in bboxes), max(b[3] for b in bboxes),
-    ] if bboxes else [-180.0, -90.0, 180.0, 90.0]  # fmt: skip
+    extent = list(spatial_extent(bboxes)) if bboxes else [-180.0, -90.0, 180.0, 90.0]
     return {
         "type": "Collection",
         "stac_version": STAC_VERSION,
@@ -239,10 +236,7 @@ def _item(
         "id": item_id,
         "collection": aoi,
         "bbox": [west, south, east, north],
-        "geometry": {
-            "type": "Polygon",
-            "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
-        },
+        "geometry": footprint_geometry(bbox),
         "properties": {**UNKNOWN_TIME, **_projection(header), **properties},
         "assets": assets,
         # items live in OUT/<AOI>/stac/
@@ -253,6 +247,46 @@ def _item(
             *links,
         ],
     }
+
+
+def footprint_geometry(bbox: tuple[float, float, float, float]) -> dict[str, Any]:
+    """A footprint's GeoJSON geometry. A bbox with west > east crosses the antimeridian
+    (RFC 7946 §5.2): its geometry is cut there into two polygons (§3.1.9), one each side,
+    instead of one polygon around the rest of the Earth."""
+    west, south, east, north = bbox
+
+    def box(w: float, e: float) -> list[list[list[float]]]:
+        return [[[w, south], [e, south], [e, north], [w, north], [w, south]]]
+
+    if west <= east:
+        return {"type": "Polygon", "coordinates": box(west, east)}
+    return {"type": "MultiPolygon", "coordinates": [box(west, 180.0), box(-180.0, east)]}
+
+
+def spatial_extent(bboxes: Sequence[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
+    """The smallest bbox covering `bboxes`, crossing the antimeridian (west > east) when
+    that is narrower than going round (the longitudes covered are found on the circle:
+    the widest stretch no bbox covers is what the extent leaves out)."""
+    south, north = min(b[1] for b in bboxes), max(b[3] for b in bboxes)
+    spans = []  # covered longitude spans on [-180, 180], a crossing bbox as two
+    for west, _, east, _ in bboxes:
+        spans.extend([(west, 180.0), (-180.0, east)] if west > east else [(west, east)])
+    spans.sort()
+    merged = [list(spans[0])]
+    for start, stop in spans[1:]:
+        if start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    # gaps between covered spans, and the one across ±180° (from the last to the first)
+    gaps = [(b[0] - a[1], b[0], a[1]) for a, b in zip(merged, merged[1:])]
+    gaps.append((merged[0][0] + 360.0 - merged[-1][1], merged[0][0], merged[-1][1]))
+    width, west, east = max(gaps)
+    if width <= 0:  # every longitude is covered
+        return (-180.0, south, 180.0, north)
+    # The extent is what the widest gap leaves: west > east when that gap is not the one
+    # across ±180°, i.e. when the extent crosses the antimeridian.
+    return (west, south, east, north)
 
 
 def _projection(header: ChipHeader) -> dict[str, Any]:
