@@ -39,6 +39,16 @@ REFRESH_MS = 1000
 COST_EVERY_S = 5  # the kept cluster's cost is read from the scheduler this often
 DISCONNECTED = ("The sn5dask dashboard server stopped: this page no longer updates and its "
                 "controls do nothing. Start `sn5dask dashboard` again and reload the page.")  # fmt: skip
+# The status line's colours per state, as inline styles: a pane's stylesheets changed after
+# it is shown would be fetched from Panel's CDN in a notebook (its inline resources cover
+# what is rendered first only).
+STATUS_STYLES = {
+    name: {"background": background, "border-left": f"6px solid {edge}", "padding": "2px 12px", "border-radius": "4px"}
+    for name, (background, edge) in {
+        "secondary": ("#f1f3f5", "#adb5bd"), "primary": ("#e7f1ff", "#0d6efd"), "success": ("#e9f7ef", "#2ca02c"),
+        "warning": ("#fff8e1", "#ff9800"), "danger": ("#fdecea", "#d62728"),
+    }.items()
+}  # fmt: skip
 TABLE_WIDTHS = {"chip": 90, "status": 95, "reason": 380, "file": 260, "fold": 70, "warnings": 115,
                 "max zero fraction": 170, "first warning": 320}  # fmt: skip
 
@@ -86,7 +96,7 @@ class Dashboard:
         self.close_button = pn.widgets.Button(name="Close cluster", button_type="light", disabled=True)
         self.close_button.on_click(lambda _: self.close_cluster())
         self.cluster_text = pn.pane.Markdown("")
-        self.status = pn.pane.Alert("", alert_type="secondary", sizing_mode="stretch_width")
+        self.status = pn.pane.Markdown("", sizing_mode="stretch_width", styles=STATUS_STYLES["secondary"])
         self.dask_link = pn.pane.Markdown("")
         self.table = pn.widgets.Tabulator(
             pd.DataFrame(columns=data.TABLE_COLUMNS), header_filters=True, pagination="local",
@@ -321,7 +331,7 @@ class Dashboard:
         if controller.state == "failed" and controller.error:
             self._say("error", f"The run failed: {controller.error}")
         if progress.damaged:
-            self.status.alert_type = "danger"
+            self.status.styles = STATUS_STYLES["danger"]
             self.status.object = (f"**{text(str(self.aoi.value))}** · **damaged**: {text(progress.damaged)}. "
                                   "Its chips can't be shown; other AOIs can. Re-run to rewrite it.")  # fmt: skip
             return
@@ -345,9 +355,11 @@ class Dashboard:
         if progress.running and progress.eta_seconds is not None:
             parts.append(f"ETA {progress.eta_seconds:.0f} s")
         lines = [" · ".join(parts)] + ([starting] if starting else []) + [text(note) for note in self.notes]
-        self.status.alert_type = ("danger" if controller.state == "failed" else "warning" if self.notes
-                                  else "primary" if state in ("running", "starting") else "success" if state == "finished"
-                                  else "secondary")  # fmt: skip
+        self.status.styles = STATUS_STYLES[
+            "danger" if controller.state == "failed" else "warning" if self.notes
+            else "primary" if state in ("running", "starting") else "success" if state == "finished"
+            else "secondary"
+        ]  # fmt: skip
         self.status.object = "<br>".join(lines)
 
     def _update_controls(self) -> None:
@@ -414,6 +426,17 @@ class Dashboard:
         self.speed.object, self.speed_note.object = plots.speed_bars(distribution), plots.speed_note(distribution)
 
 
+def _closed_tab_noise(record: logging.LogRecord) -> bool:
+    """False for asyncio's "Task exception was never retrieved" about a websocket that a
+    browser tab closed while an update was being sent to it: a tab closing (or reloading)
+    is no error, and the traceback would alarm whoever watches the server's terminal."""
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    exception = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exception, (WebSocketClosedError, StreamClosedError))
+
+
 _CONTROLLERS: dict[tuple[str | None, int | None], RunController] = {}
 
 
@@ -429,6 +452,7 @@ def serve(out: str, *, root: str | None = None, scheduler: str | None = None, po
           workers: int | None = None) -> None:  # fmt: skip
     """Serve the dashboard on 127.0.0.1:`port` until interrupted."""
     controller = controller_for(scheduler, workers)
+    logging.getLogger("asyncio").addFilter(_closed_tab_noise)
 
     def session() -> pn.template.BaseTemplate:
         return Dashboard(out, root, controller).page()
