@@ -11,13 +11,17 @@ from __future__ import annotations
 import glob
 import io
 import json
+import os
+import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from sn5dask.core.encodings import SPEED_BINS
+from sn5dask.core.encodings import MASK_KINDS, SPEED_BINS
 from sn5dask.core.speed import BIN_VALUE_STEP, N_SPEED_CHANNELS, speed_bin
 from sn5dask.core.stretch import (
     band_cut,
@@ -27,8 +31,8 @@ from sn5dask.core.stretch import (
 )
 from sn5dask.errors import ManifestError
 from sn5dask.io import files
-from sn5dask.outputs.layout import STATS_NAME, AoiLayout, layouts_under
-from sn5dask.outputs.manifest import Manifest
+from sn5dask.outputs.layout import STATS_NAME, ZARR_OUTPUT, AoiLayout, layouts_under
+from sn5dask.outputs.manifest import STATUSES, Manifest
 
 STATUS_COLOURS = {"ok": "#2ca02c", "skipped": "#ff7f0e", "failed": "#d62728", "pending": "#9e9e9e"}
 
@@ -46,11 +50,153 @@ def aois(out: str) -> list[str]:
     return sorted(found)
 
 
-def read_json(url: str) -> Any | None:
+#: How often each file was read (URL -> reads), for the tests and for anyone asking what
+#: an idle dashboard costs: an unchanged file is never read again.
+READS: Counter[str] = Counter()
+
+T = TypeVar("T")
+
+
+def file_stamp(url: str) -> tuple[Any, ...] | None:
+    """What changes when the file at `url` is rewritten: (size, mtime) locally, (size,
+    ETag or mtime) on S3; None when it does not exist. One stat, never a read."""
     try:
-        return json.loads(files.read_bytes(url))
+        fs, path = files.filesystem(url)
+        info = fs.info(path)
     except (OSError, ValueError):
         return None
+    return (info.get("size"), info.get("mtime") or info.get("ETag") or info.get("LastModified"), info.get("ino"))
+
+
+class StampedCache:
+    """Parsed files, re-read only when their stamp changed (shared by every browser
+    session of the process: ten open tabs cost one stat per file and refresh, and one
+    read per change). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], tuple[tuple[Any, ...] | None, Any]] = {}
+
+    def get(self, url: str, parse: Callable[[bytes | None], T]) -> T:
+        """`parse(content)` of the file (content None: it does not exist or can't be read)."""
+        stamp = file_stamp(url)
+        key = (url, getattr(parse, "__qualname__", repr(parse)))
+        with self._lock:
+            cached = self._entries.get(key)
+            if cached is not None and stamp is not None and cached[0] == stamp:
+                return cached[1]  # type: ignore[no-any-return]
+        content: bytes | None = None
+        if stamp is not None:
+            try:
+                content = files.read_bytes(url)
+                READS[url] += 1
+            except (OSError, ValueError):
+                content = None
+        value = parse(content)
+        with self._lock:
+            self._entries[key] = (stamp, value)
+        return value
+
+
+CACHE = StampedCache()
+
+
+def _json_or_none(content: bytes | None) -> Any | None:
+    if content is None:
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+def read_json(url: str) -> Any | None:
+    """The decoded JSON file, or None when it is missing or does not parse (cached)."""
+    return CACHE.get(url, _json_or_none)
+
+
+def lock_held(layout: AoiLayout) -> bool:
+    """Whether a run holds the AOI's lock now. Locally the lock file stays after a run
+    (unlocked), so its existence says nothing: the kernel's lock table does (read, never
+    probed by locking: a probe could make a starting run fail). On S3 the lock object
+    exists only while a run holds it."""
+    url = layout.lock_url
+    if not files.is_local(url):
+        return files.exists(url)
+    try:
+        info = os.stat(url)
+    except OSError:
+        return False
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks") as table:
+            return any(line.split()[5] == device for line in table if len(line.split()) > 5)
+    except OSError:  # not Linux: trust the holder named in the file, if its process lives
+        holder = read_json(url) or {}
+        pid = holder.get("pid") if isinstance(holder, dict) else None
+        return isinstance(pid, int) and _pid_alive(pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class ManifestReading:
+    """An AOI's manifest as read: the model, or why it can't be used (`problem`: the
+    file is damaged or was tampered with; the dashboard shows that AOI as damaged)."""
+
+    manifest: Manifest | None
+    problem: str | None = None
+
+
+def _parse_manifest(layout: AoiLayout) -> Callable[[bytes | None], ManifestReading]:
+    def parse(content: bytes | None) -> ManifestReading:
+        return check_manifest(layout, content)
+
+    parse.__qualname__ = "manifest"
+    return parse
+
+
+def check_manifest(layout: AoiLayout, content: bytes | None) -> ManifestReading:
+    """Parse and check a manifest's bytes: valid JSON of the manifest's shape, counts that
+    are numbers, and every output path inside the AOI's folder (a tampered path would make
+    the inspector read files outside OUT)."""
+    if content is None:
+        return ManifestReading(None)  # not written yet
+    source = layout.manifest_url
+    try:
+        document = json.loads(content)
+    except ValueError as exc:
+        return ManifestReading(None, f"{source}: not valid JSON ({exc})")
+    try:
+        manifest = Manifest.parse(document, source)
+    except ManifestError as exc:
+        return ManifestReading(None, str(exc))
+    counts = document.get("counts")
+    if counts is not None and not (
+        isinstance(counts, dict)
+        and all(isinstance(counts.get(s, 0), int) and not isinstance(counts.get(s, 0), bool) for s in STATUSES)
+    ):
+        return ManifestReading(None, f"{source}: its counts are not numbers ({str(counts)[:80]})")
+    for chip_id, entry in manifest.chips.items():
+        for kind, relpath in entry.file_outputs().items():
+            try:
+                layout.url(relpath)
+            except ValueError:
+                return ManifestReading(None, f"{source}: chip {chip_id}'s {kind} output {relpath!r} lies outside the output folder")
+    return ManifestReading(manifest)
+
+
+def read_manifest(layout: AoiLayout) -> ManifestReading:
+    """The AOI's manifest, read again only when the file changed (see `StampedCache`)."""
+    return CACHE.get(layout.manifest_url, _parse_manifest(layout))
 
 
 @dataclass
@@ -64,6 +210,7 @@ class Progress:
     chips_per_second: float | None = None
     eta_seconds: float | None = None
     running: bool = False
+    damaged: str | None = None  # why the AOI's manifest can't be used
 
     @property
     def done(self) -> int:
@@ -72,25 +219,32 @@ class Progress:
 
 @dataclass
 class ProgressWatch:
-    """Progress of one AOI, watched by re-reading its manifest (a run started anywhere:
-    the CLI, a notebook, this dashboard). Rates come from successive readings."""
+    """Progress of one AOI, watched through its manifest (a run started anywhere: the
+    CLI, a notebook, this dashboard). Rates come from successive readings: only chips
+    finished while watched count, never those of earlier runs."""
 
     layout: AoiLayout
     history: list[tuple[float, int]] = field(default_factory=list)
 
     def read(self) -> Progress:
-        manifest = read_json(self.layout.manifest_url) or {}
-        stats = read_json(self.layout.stats_url) or {}
-        counts = manifest.get("counts") or {}
+        reading = read_manifest(self.layout)
+        stats = read_json(self.layout.stats_url)
+        stats = stats if isinstance(stats, dict) else {}
+        counts = reading.manifest.counts() if reading.manifest else {}
+        n_chips = stats.get("n_chips")
+        listed = len(reading.manifest.chips) if reading.manifest else 0
         progress = Progress(
-            total=int(stats.get("n_chips") or len(manifest.get("chips") or {})),
-            ok=int(counts.get("ok", 0)),
-            skipped=int(counts.get("skipped", 0)),
-            failed=int(counts.get("failed", 0)),
-            running=files.exists(self.layout.lock_url),
+            total=n_chips if isinstance(n_chips, int) and n_chips >= listed else listed,
+            ok=counts.get("ok", 0),
+            skipped=counts.get("skipped", 0),
+            failed=counts.get("failed", 0),
+            running=lock_held(self.layout),
+            damaged=reading.problem,
         )
         now = time.monotonic()
-        if not self.history or self.history[-1][1] != progress.done:
+        if not progress.running:
+            self.history = []
+        elif not self.history or self.history[-1][1] != progress.done:
             self.history.append((now, progress.done))
         self.history = [(t, n) for t, n in self.history if now - t <= 60][-30:]
         if progress.running and len(self.history) >= 2:
@@ -102,28 +256,52 @@ class ProgressWatch:
 
 
 def manifest_of(layout: AoiLayout) -> Manifest | None:
-    document = read_json(layout.manifest_url)
-    if document is None:
-        return None
-    try:
-        return Manifest.parse(document, layout.manifest_url)
-    except ManifestError:
-        return None
+    return read_manifest(layout).manifest
 
 
-def chip_table(manifest: Manifest) -> list[dict[str, Any]]:
-    """One row per chip: status, reason, warnings, zero fractions, fold."""
+def shown_fold(entry: Any) -> int | None:
+    """The chip's fold as `folds.csv` lists it: only done chips with masks are there
+    (a failed chip or one without a label has none; during a run it is not known yet)."""
+    has_masks = any(kind in entry.outputs for kind in MASK_KINDS) or (
+        ZARR_OUTPUT in entry.outputs and entry.label is not None
+    )
+    return entry.fold if entry.done and entry.fold is not None and has_masks else None
+
+
+def split_reason(reason: str) -> tuple[str, str]:
+    """(file name, problem) of a failure reason `"<path>: <problem>"`, so the table's
+    narrow column shows the problem rather than the start of a long path."""
+    path, sep, problem = reason.partition(": ")
+    if sep and ("/" in path or "\\" in path) and " " not in path.strip():
+        return path.replace("\\", "/").rsplit("/", 1)[-1], problem
+    return "", reason
+
+
+TABLE_COLUMNS = ["chip", "status", "reason", "file", "fold", "warnings", "max zero fraction", "first warning"]
+
+
+def chip_table(manifest: Manifest, live_status: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per chip: status (a run's per-chip news first: the manifest is rewritten
+    only every few seconds), reason (without its file), the file, fold, warnings, zero
+    fraction. A chip the run reported but the manifest does not list yet is included."""
     rows = []
+    live_status = live_status or {}
     for chip_id, entry in manifest.chips.items():
+        file_name, problem = split_reason(entry.reason or "")
         rows.append({
             "chip": chip_id,
-            "status": entry.status,
-            "fold": -1 if entry.fold is None else entry.fold,
+            "status": live_status.get(chip_id, entry.status),
+            "reason": problem,
+            "file": file_name,
+            "fold": shown_fold(entry),
             "warnings": len(entry.warnings),
-            "max zero fraction": max(entry.zero_fraction.values(), default=0.0),
-            "reason": entry.reason or "",
+            "max zero fraction": round(max(entry.zero_fraction.values(), default=0.0), 4),
             "first warning": entry.warnings[0] if entry.warnings else "",
         })  # fmt: skip
+    for chip_id, status in live_status.items():
+        if chip_id not in manifest.chips:
+            rows.append({"chip": chip_id, "status": status, "reason": "", "file": "", "fold": None,
+                         "warnings": 0, "max zero fraction": 0.0, "first warning": ""})  # fmt: skip
     return rows
 
 
@@ -153,29 +331,45 @@ class BandHistogram:
 
 def band_histograms_of(layout: AoiLayout) -> list[BandHistogram]:
     """The AOI's histograms as the run saved them (AOI stretch only; [] otherwise)."""
+    stats = read_json(layout.stats_url)
+    values = (stats.get("values") if isinstance(stats, dict) else None) or {}
     try:
         saved = np.load(io.BytesIO(files.read_bytes(layout.histograms_url)))
-    except (OSError, ValueError):
+        out = []
+        for band, counts in zip(saved["bands"].tolist(), saved["histogram"], strict=True):
+            low, high = values.get(str(band), [None, None])
+            out.append(BandHistogram(int(band), counts, _cut(low), _cut(high)))
+    except (OSError, ValueError, KeyError, TypeError):  # missing or damaged: no histogram shown
         return []
-    stats = read_json(layout.stats_url) or {}
-    values = stats.get("values") or {}
-    out = []
-    for band, counts in zip(saved["bands"].tolist(), saved["histogram"], strict=True):
-        low, high = values.get(str(band), [None, None])
-        out.append(BandHistogram(int(band), counts, low, high))
     return out
 
 
-def footprints(layout: AoiLayout, manifest: Manifest | None) -> list[dict[str, Any]]:
-    """Each chip's footprint (lon/lat box) with its status, from stats.json."""
-    stats = read_json(layout.stats_url) or {}
-    boxes = stats.get("chip_bboxes") or {}
-    status = {cid: e.status for cid, e in manifest.chips.items()} if manifest else {}
-    return [
-        {"chip": cid, "west": b[0], "south": b[1], "east": b[2], "north": b[3],
-         "status": status.get(cid, "pending")}  # fmt: skip
-        for cid, b in sorted(boxes.items())
-    ]
+def _cut(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Footprints:
+    """Chip footprints (lon/lat boxes from stats.json) with their status, and the chips
+    that have none (their image could not be read: no place to draw them)."""
+
+    boxes: list[dict[str, Any]]
+    without_footprint: dict[str, str]  # chip id -> status
+
+
+def footprints(layout: AoiLayout, manifest: Manifest | None, live_status: dict[str, str] | None = None) -> Footprints:
+    stats = read_json(layout.stats_url)
+    boxes = (stats.get("chip_bboxes") if isinstance(stats, dict) else None) or {}
+    status: dict[str, str] = {cid: e.status for cid, e in manifest.chips.items()} if manifest else {}
+    status.update(live_status or {})
+    drawn = []
+    for cid, box in sorted(boxes.items()):
+        if isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box):
+            drawn.append({"chip": cid, "west": box[0], "south": box[1], "east": box[2], "north": box[3],
+                          "status": status.get(cid, "pending")})  # fmt: skip
+    placed = {row["chip"] for row in drawn}
+    missing = {cid: st for cid, st in status.items() if cid not in placed}
+    return Footprints(drawn, missing)
 
 
 @dataclass
@@ -203,8 +397,8 @@ def chip_view(layout: AoiLayout, manifest: Manifest, chip_id: str, *, with_sourc
     transform = crs = None
     note = entry.reason or ""
     for kind, relpath in entry.file_outputs().items():
-        url = layout.url(relpath)
         try:
+            url = layout.url(relpath)
             with gdal_env(url), rasterio.open(gdal_path(url)) as src:
                 data = src.read()
                 transform, crs = src.transform, src.crs
@@ -217,7 +411,10 @@ def chip_view(layout: AoiLayout, manifest: Manifest, chip_id: str, *, with_sourc
             masks[kind] = data
     if rgb is None and with_source and entry.image:
         rgb, transform, crs = _source_preview(entry.image, manifest.params.get("bands") or [5, 3, 2])
-        note = (note + " (image: the source, stretched per chip for display)").strip()
+        if rgb is not None:
+            note = (note + " (image: the source, stretched per chip for display)").strip()
+        else:
+            note = (note + " (no image to show: neither an RGB output nor a readable source)").strip()
     lines = _label_lines(entry.label, transform, crs) if entry.label and transform is not None else []
     return ChipView(chip_id, entry.status, rgb, masks, lines, note)
 
@@ -275,6 +472,7 @@ class SpeedDistribution:
 def speed_distribution(layout: AoiLayout, manifest: Manifest, max_chips: int = 200) -> SpeedDistribution:
     """Over up to `max_chips` labelled chips (evenly spread over the AOI's order)."""
     import rasterio
+    import rasterio.errors
     import shapely
     from pyproj import CRS
 
@@ -290,9 +488,12 @@ def speed_distribution(layout: AoiLayout, manifest: Manifest, max_chips: int = 2
     background = 0
     for chip_id in chosen:
         entry = manifest.chips[chip_id]
-        url = layout.url(entry.outputs["binned"])
-        with gdal_env(url), rasterio.open(gdal_path(url)) as src:
-            binned = src.read(1)
+        try:
+            url = layout.url(entry.outputs["binned"])
+            with gdal_env(url), rasterio.open(gdal_path(url)) as src:
+                binned = src.read(1)
+        except (ValueError, OSError, rasterio.errors.RasterioError):  # an unreadable mask counts nothing
+            continue
         counts = np.bincount(np.minimum(binned // BIN_VALUE_STEP, N_SPEED_CHANNELS).ravel(),
                              minlength=N_SPEED_CHANNELS + 1)  # fmt: skip
         background += int(counts[0])
