@@ -277,6 +277,81 @@ def test_run_loop_in_process_with_fakes(inprocess_client, tmp_path) -> None:
         writer.clear()
 
 
+def test_chip_tasks_write_their_stac_items_and_stale_outputs_go_on_fakes(inprocess_client, tmp_path) -> None:
+    """The run loop on fakes: each chip task writes its chip's STAC items (fold included,
+    known from the scan); a re-run in which one chip's input is gone and another's label
+    fails removes exactly the outputs and items the new manifest no longer lists, and
+    says so."""
+    from sn5dask.io.chipio import read_json
+    from sn5dask.outputs import stac
+    from sn5dask.outputs.layout import AoiLayout
+    from sn5dask.runner.pipeline import LogReporter, run_aoi
+    from sn5dask.testing import MemoryWriter, fake_aoi
+
+    notices: list[str] = []
+
+    class Notes(LogReporter):
+        def notice(self, message: str) -> None:
+            notices.append(message)
+
+    fake = fake_aoi(aoi="AOI_98_Fake", n_chips=4, size=48, seed=5, with_edge_cases=False)
+    writer = MemoryWriter()
+    cfg = config("mem://", tmp_path, formats="geotiff")
+    layout = AoiLayout(str(tmp_path), "AOI_98_Fake")
+    try:
+        run_aoi(inprocess_client, cfg, fake.catalog, Notes(), reader=fake.reader, writer=writer)
+        manifest = read_json(writer, layout.manifest_url)
+        for chip_id, entry in manifest["chips"].items():
+            image = read_json(writer, layout.url(stac.item_relpath(chip_id)))
+            label = read_json(writer, layout.url(stac.item_relpath(chip_id, label=True)))
+            assert image["properties"]["proj:shape"] == [48, 48] and image["bbox"][0] < image["bbox"][2]
+            assert label["properties"]["sn5dask:fold"] == entry["fold"] is not None
+        links = read_json(writer, layout.url(stac.COLLECTION_NAME))["links"]
+        assert sum(link["rel"] == "item" for link in links) == 8 and not notices
+
+        gone = fake.catalog.chips.pop(3)
+        failing = fake.catalog.chips[1]
+        fake.reader.failures[failing.label] = OSError("label server down")
+        before = set(writer.files)
+        run_aoi(inprocess_client, cfg.model_copy(update={"overwrite": True}), fake.catalog, Notes(),
+                reader=fake.reader, writer=writer)
+        manifest = read_json(writer, layout.manifest_url)
+        assert gone.chip_id not in manifest["chips"] and manifest["chips"]["chip1"]["status"] == "failed"
+        removed = before - set(writer.files)
+        assert all(gone.chip_id in url or ("chip1" in url and "/masks/" in url) or url.endswith("chip1.json")
+                   or url.endswith("chip1-label.json") for url in removed), sorted(removed)
+        assert {url for url in removed if gone.chip_id in url} == {u for u in before if f"{gone.chip_id}." in u
+                                                                  or f"{gone.chip_id}-" in u}
+        assert layout.url(manifest["chips"]["chip1"]["outputs"]["rgb"]) in writer.files  # still listed
+        assert len(notices) == 1 and f"removed {len(removed)} output(s)" in notices[0]
+    finally:
+        writer.clear()
+
+
+def test_a_chip_task_on_other_versions_stops_the_run_loop_on_fakes(inprocess_client, tmp_path) -> None:
+    """A worker that joined unchecked and runs another numpy: its chip task refuses before
+    writing, and the run stops with one error naming both versions."""
+    import numpy
+
+    from sn5dask.errors import VersionSkewError
+    from sn5dask.runner.pipeline import LogReporter, run_aoi
+    from sn5dask.runner.versioncheck import WorkerVersions
+    from sn5dask.testing import MemoryWriter, fake_aoi
+
+    fake = fake_aoi(aoi="AOI_98_Fake", n_chips=3, size=32, seed=1, with_edge_cases=False)
+    writer = MemoryWriter()
+    checked = WorkerVersions(inprocess_client)
+    checked.of_worker = {address: {} for address in inprocess_client.nthreads()}  # "already checked"
+    checked.expected = {**checked.expected, "numpy": "0.0"}  # what the client would run
+    try:
+        with pytest.raises(VersionSkewError, match=rf"numpy {numpy.__version__} there, 0.0 here"):
+            run_aoi(inprocess_client, config("mem://", tmp_path, formats="geotiff"), fake.catalog, LogReporter(),
+                    reader=fake.reader, writer=writer, workers_checked=checked)
+        assert not [url for url in writer.files if url.endswith(".tif")]
+    finally:
+        writer.clear()
+
+
 def test_many_small_chips_in_batches_give_the_same_outputs(client, tmp_path, monkeypatch) -> None:
     """An AOI of 200 small chips is scanned and written in batches (several chips per
     task): every chip still gets its own manifest entry, and every output is the same as
