@@ -451,7 +451,7 @@ def _label_lines(label: str, transform: Any, crs: Any) -> list[np.ndarray]:
     for line in lines:
         for part in shapely.get_parts(line):
             xy = shapely.get_coordinates(part)
-            cols, rows = inverse * (xy[:, 0], xy[:, 1])
+            cols, rows = inverse @ (xy[:, 0], xy[:, 1])
             out.append(np.column_stack([cols, rows]))
     return out
 
