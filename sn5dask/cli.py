@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -349,6 +349,7 @@ def validate(
                 check_scheduler_address(scheduler, "--scheduler")
             with get_client(scheduler, workers) as client:
                 WorkerVersions(client).check_new_workers()  # a skewed worker would hang a task
+                _check_workers_see(client, out)
                 report = validate_output(out, client=client)
     except Sn5daskError as exc:
         raise _fail(str(exc)) from None
@@ -359,6 +360,25 @@ def validate(
         f"validated {report.checked_chips} chips, {report.checked_files} files: {verdict}"
     )
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _check_workers_see(client: Any, out: str) -> None:
+    """A local OUT that a cluster's workers do not see would be reported as every file
+    missing: refuse it in one line instead."""
+    import os
+
+    from sn5dask.io import files
+
+    out = files.normalise_location(out)
+    if not files.is_local(out):
+        return
+    seen = client.run(os.path.isdir, out, on_error="return")
+    blind = sorted(worker for worker, found in seen.items() if found is not True)
+    if blind:
+        raise ConfigError(
+            f"{out} is a folder on this machine that {len(blind)} of {len(seen)} workers "
+            f"(e.g. {blind[0]}) do not see: validate an s3:// URL, or a folder every worker mounts"
+        )
 
 
 @app.command()

@@ -14,6 +14,7 @@ Each item opens its files itself, so it is safe in DataLoader worker processes.
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import posixpath
 from collections.abc import Iterable
@@ -109,6 +110,15 @@ class ChipDataset:
     def epoch(self) -> int:
         return int(self._epoch.value)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> ChipDataset:
+        """A copy with an epoch of its own (the shared one pickles only into the worker
+        processes a DataLoader starts)."""
+        copied = copy.copy(self)
+        copied.items = list(self.items)
+        copied._stores = {}
+        copied._epoch = multiprocessing.RawValue("q", self.epoch)
+        return copied
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         if self.source == "zarr":
@@ -118,7 +128,9 @@ class ChipDataset:
             mask = _read_geotiff(item.layout.url(item.layout.mask_relpath(self.masks, item.name)))
         inside = None
         if self.crop is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
+            # epoch 0 draws the crops of versions without set_epoch
+            key = [self.seed, index] if self.epoch == 0 else [self.seed, self.epoch, index]
+            rng = np.random.default_rng(key)
             image, mask, inside = _crop(image, mask, self.crop, rng)
         if self.masks != "multichannel":
             mask = mask[0]
@@ -169,8 +181,8 @@ def _listed_chips(layout: AoiLayout) -> list[ChipItem]:
     try:
         folds = read_folds(layout.folds_url)
     except FileNotFoundError:
-        if files.exists(layout.manifest_url):  # a run wrote no folds: no chip has masks
-            return []
+        if files.exists(layout.manifest_url) and not _lists_masks(layout):
+            return []  # a finished run wrote no folds: no chip has masks
         raise Sn5daskError(f"{layout.folds_url}: missing: run `sn5dask run` to write it") from None
     manifest = Manifest.parse(read_json(FileWriter(), layout.manifest_url), layout.manifest_url)
     by_name: dict[str, tuple[str, int | None]] = {}
@@ -189,6 +201,18 @@ def _listed_chips(layout: AoiLayout) -> list[ChipItem]:
         chip_id, zarr_index = by_name[name]
         items.append(ChipItem(layout, name, chip_id, fold, zarr_index))
     return items
+
+
+def _lists_masks(layout: AoiLayout) -> bool:
+    """Whether the manifest lists any chip with masks (then a missing folds.csv means a
+    run that has not finished)."""
+    manifest = Manifest.parse(read_json(FileWriter(), layout.manifest_url), layout.manifest_url)
+    zarr_masks = bool(manifest.params.get("masks"))
+    return any(
+        any(kind in entry.outputs for kind in ("binary", "continuous", "binned", "multichannel"))
+        or (zarr_masks and entry.label is not None and "zarr" in entry.outputs)
+        for entry in manifest.chips.values()
+    )
 
 
 def _read_geotiff(url: str) -> np.ndarray:

@@ -8,7 +8,7 @@ from importlib import metadata
 
 _LIBRARIES = (
     "numpy", "rasterio", "shapely", "pyproj", "geopandas", "odc-geo", "xarray",
-    "rioxarray", "zarr", "dask", "distributed", "fsspec", "s3fs",
+    "rioxarray", "zarr", "numcodecs", "dask", "distributed", "fsspec", "s3fs",
 )  # fmt: skip
 
 

@@ -547,3 +547,22 @@ def test_a_changed_run_leaves_no_output_its_records_do_not_list(client, tmp_path
     run(formats="geotiff", overwrite=True)
     assert not (folder / "AOI_99_Synthetic.zarr").exists() and tifs_and_items() == listed()
     shutil.rmtree(out)
+
+
+def test_a_resumed_run_writes_the_items_of_chips_done_before_again(client, tmp_path) -> None:
+    """Chips done by an earlier run get their STAC items again (deleted, written by an
+    older version, or with a fold that moved): the catalog equals a fresh run's."""
+    import sn5dask
+    from sn5dask.config import load_config
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=4, size=48, seed=6, with_edge_cases=False)
+    out = tmp_path / "out"
+    cfg = load_config(None, root=str(aoi.root), out=str(out), formats="geotiff")
+    sn5dask.run(cfg, client=client)
+    items = {p: p.read_bytes() for p in (out / "AOI_99_Synthetic" / "stac").glob("*.json")}
+    (out / "AOI_99_Synthetic" / "stac" / "chip0.json").unlink()
+    (out / "AOI_99_Synthetic" / "stac" / "chip1-label.json").write_text("{}")
+    again = sn5dask.run(cfg, client=client)
+    assert again.aois[0].processed == 0
+    assert {p: p.read_bytes() for p in (out / "AOI_99_Synthetic" / "stac").glob("*.json")} == items

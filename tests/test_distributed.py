@@ -189,3 +189,15 @@ def test_a_lost_scheduler_is_one_line_and_the_rerun_resumes(big_aoi, clean_run, 
         output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert snapshot(tmp_path) == clean_run
+
+
+def test_validate_on_a_cluster_that_does_not_see_a_local_out_is_one_line(small_aoi, tmp_path) -> None:
+    client_only = tmp_path / "client-only"
+    made = sn5dask_cli("run", small_aoi.root, "--out", client_only / "out", "--workers", "1")
+    assert made.wait(300) == 0
+    with real_cluster(1, hidden=client_only) as cluster:
+        process = sn5dask_cli("validate", client_only / "out", "--scheduler", cluster.address)
+        output, _ = process.communicate(timeout=120)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert process.returncode == 2 and len(lines) == 1 and "Traceback" not in output, output
+    assert "do not see: validate an s3:// URL, or a folder every worker mounts" in " ".join(output.split())

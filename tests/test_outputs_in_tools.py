@@ -448,3 +448,21 @@ def test_an_aoi_without_labels_writes_no_folds_csv_and_says_so(tmp_path) -> None
     assert "no chip has masks" in " ".join(output.split()) and "no folds.csv written" in " ".join(output.split())
     assert not (tmp_path / "out" / AOI / "folds.csv").exists()
     assert len(ChipDataset(str(tmp_path / "out"), AOI)) == 0
+
+
+def test_a_dataset_copies_with_its_epoch_and_epoch_0_keeps_the_crops(made) -> None:
+    import copy
+
+    from sn5dask.training import ChipDataset
+
+    _, out, _ = made
+    dataset = ChipDataset(str(out), AOI, crop=48, seed=3)
+    first = dataset[2]["image"]
+    dataset.set_epoch(4)
+    other = copy.deepcopy(dataset)
+    assert other.epoch == 4 and np.array_equal(other[2]["image"], dataset[2]["image"])
+    other.set_epoch(5)
+    assert dataset.epoch == 4  # a copy's epoch is its own
+    dataset.set_epoch(0)
+    assert np.array_equal(dataset[2]["image"], first)
+    assert np.array_equal(first, ChipDataset(str(out), AOI, crop=48, seed=3)[2]["image"])

@@ -218,6 +218,19 @@ def _process(
         timings["write_stac"] = time.perf_counter() - started
 
 
+def write_items_of_done_chips(
+    batch: Sequence[tuple[str, ChipEntry, ChipHeader, tuple[float, float, float, float]]], job: ChipJob
+) -> int:
+    """The STAC items of chips done by an earlier run, written again (one task per batch):
+    their fold may have moved with the AOI's chips, an earlier version may have written
+    others or none, and a resumed run must give the same catalog as a fresh one."""
+    with job.writer.committed_together():
+        for chip_id, entry, header, bbox in batch:
+            for relpath, document in stac.chip_items(job.layout.aoi, chip_id, entry, header, bbox, job.config.bands):
+                write_json(job.writer, job.layout.url(relpath), document)
+    return len(batch)
+
+
 def _write_stac_items(chip: ChipRecord, job: ChipJob, header: ChipHeader, entry: ChipEntry) -> None:
     """The chip's STAC items (`stac.chip_items`), written here rather than by the client
     after the run: at 20,000 chips that was 40,000 writes in a row with every worker idle."""
@@ -225,7 +238,8 @@ def _write_stac_items(chip: ChipRecord, job: ChipJob, header: ChipHeader, entry:
 
     try:
         bbox = lonlat_bbox(header)
-    except Exception:  # the scan found no footprint either: the chip has no item
+    except Exception as exc:  # the scan found no footprint either
+        entry.warnings.append(f"{chip.image}: no lon/lat footprint ({exc}): no STAC item, no fold")
         return
     for relpath, document in stac.chip_items(job.layout.aoi, chip.chip_id, entry, header, bbox, job.config.bands):
         write_json(job.writer, job.layout.url(relpath), document)

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import posixpath
 import time
 import uuid
 from concurrent.futures import CancelledError
@@ -49,7 +50,8 @@ from sn5dask.io.chipio import (
 )
 from sn5dask.io.lock import RunLock
 from sn5dask.outputs import stac
-from sn5dask.outputs.layout import ZARR_OUTPUT, AoiLayout, layouts_under, output_overlaps_input
+from sn5dask.core.encodings import MASK_KINDS
+from sn5dask.outputs.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout, layouts_under, output_overlaps_input
 from sn5dask.outputs.manifest import ChipEntry, Manifest, OutputState
 from sn5dask.runner.aoistats import AoiStats
 from sn5dask.runner.chiptask import ChipJob, ChipResult
@@ -61,11 +63,14 @@ from sn5dask.runner.cluster import (
     warm_up_workers,
 )
 from sn5dask.runner.graph import chip_tasks, scan_graph
+from sn5dask.runner.chiptask import write_items_of_done_chips
 from sn5dask.runner.versioncheck import WorkerVersions, raise_found
 from sn5dask.versions import versions
 
 log = logging.getLogger("sn5dask")
 MANIFEST_EVERY_S = 2.0
+#: Resumed chips whose STAC items one task writes again.
+ITEMS_PER_TASK = 256
 # Interim manifest writes (each O(chips)) are spaced so they take at most 1/20 of the
 # run's time: on a large AOI the spacing grows with the manifest, so the writes' total
 # cost stays linear in the number of chips instead of quadratic.
@@ -317,6 +322,12 @@ def run_aoi(
             done = resumable_chips(previous, params, config, catalog, layout, writer)
             done = prepare_store(config, catalog, layout, writer, stats, params, done)
             footprints = stats.footprints  # computed where each chip was scanned
+            nowhere = sorted(set(stats.headers) - set(footprints))
+            if nowhere:
+                reporter.notice(
+                    f"{catalog.aoi}: {len(nowhere)} chip(s) have no lon/lat footprint (e.g. "
+                    f"{nowhere[0]}: its CRS does not transform to WGS84): no STAC item, no fold"
+                )
             folds = chip_folds(catalog, stats, config)
             write_stats(layout, writer, catalog, config, stats, params, footprints, workers_checked)
             manifest = start_manifest(config, catalog, params, stats, done)
@@ -346,6 +357,9 @@ def run_aoi(
         manifest.chips = {c.chip_id: manifest.chips[c.chip_id] for c in catalog.chips}
         for chip_id, entry in manifest.chips.items():  # those done by earlier runs too
             entry.fold = folds.get(chip_id)
+        if job.with_stac_items:
+            resumed = [c.chip_id for c in catalog.chips if c.chip_id in done]
+            write_items_of_resumed_chips(client, job, resumed, manifest, stats)
         write_manifest(manifest, layout, writer, final=True)
         if not write_folds(manifest, catalog, config, layout, writer):
             reporter.notice(
@@ -666,6 +680,7 @@ def process_chips(
     workers_checked = workers_checked or WorkerVersions(client)
     timings: list[dict[str, float]] = []
     next_write = time.monotonic() + MANIFEST_EVERY_S
+    lost_wait_s = 10.0  # how long a failed future may wait for the client to see a lost scheduler
     finished = False
     try:
         with workers_checked.watched(futures) as skewed:
@@ -677,7 +692,7 @@ def process_chips(
                     raise
                 except Exception as exc:  # the task never raises for a chip: a worker or the scheduler died
                     raise_found(skewed)  # or the version watch cancelled the tasks
-                    if scheduler_lost(client, exc):  # these were never tried
+                    if scheduler_lost(client, exc, wait_s=lost_wait_s):  # these were never tried
                         done = sum(1 for c in todo if c.chip_id in manifest.chips)
                         address = scheduler_address(job.config.scheduler) or "of this run"
                         raise SchedulerLostError(
@@ -685,6 +700,9 @@ def process_chips(
                             f"of {catalog.aoi} (the finished ones are recorded); run the same "
                             "command again to resume"
                         ) from None
+                    lost_wait_s = 0.0  # waited once: the scheduler is up, no future waits again
+                    if client.status == "running":  # a joined worker that cannot run sn5dask?
+                        workers_checked.check_new_workers()
                     results = [
                         ChipResult.failed(
                             chip,
@@ -752,6 +770,22 @@ def write_folds(
     return True
 
 
+def write_items_of_resumed_chips(
+    client: Client, job: ChipJob, chip_ids: list[str], manifest: Manifest, stats: AoiStats
+) -> None:
+    """STAC items of the chips an earlier run made, written again on the workers in
+    batches (`chiptask.write_items_of_done_chips`)."""
+    items = [
+        (chip_id, manifest.chips[chip_id], stats.headers[chip_id], stats.footprints[chip_id])
+        for chip_id in chip_ids
+        if chip_id in stats.headers and stac.has_items(manifest.chips[chip_id], stats.footprints.get(chip_id))
+    ]
+    if not items:
+        return
+    batches = [items[i : i + ITEMS_PER_TASK] for i in range(0, len(items), ITEMS_PER_TASK)]
+    client.gather(client.map(write_items_of_done_chips, batches, job=job, pure=False))
+
+
 def remove_stale_outputs(
     previous: Manifest | ManifestError | None,
     manifest: Manifest,
@@ -777,10 +811,17 @@ def remove_stale_outputs(
     listed: set[str] = set()
     had_zarr = False
     for chip_id, entry in previous.chips.items():
-        listed.update(entry.file_outputs().values())
+        for kind, relpath in entry.file_outputs().items():
+            # only a path of the shape sn5dask gives that kind: never the manifest, the
+            # lock, a store's chunk or a folder, whatever a manifest says
+            name = posixpath.basename(relpath)
+            shaped = layout.rgb_relpath(name) if kind == RGB_OUTPUT else layout.mask_relpath(kind, name)
+            if kind in (RGB_OUTPUT, *MASK_KINDS) and posixpath.normpath(relpath) == shaped:
+                listed.add(shaped)
         had_zarr = had_zarr or ZARR_OUTPUT in entry.outputs
         if "rgb" in entry.outputs:
             listed.update((stac.item_relpath(chip_id), stac.item_relpath(chip_id, label=True)))
+    keep = {posixpath.normpath(relpath) for relpath in keep}
     if "geotiff" not in config.formats:
         listed.add(stac.COLLECTION_NAME)
     removed = []
@@ -817,10 +858,16 @@ def write_root_catalog(config: RunConfig, writer: OutputWriter) -> None:
         layout.aoi for layout in layouts_under(config.out)
         if writer.exists(layout.url(stac.COLLECTION_NAME))
     ]
+    url = files.join(config.out, stac.CATALOG_NAME)
     if aois:
-        write_json(writer, files.join(config.out, stac.CATALOG_NAME), stac.catalog(aois))
-    else:  # no AOI has a collection (any more): a catalog would link what is gone
-        writer.remove(files.join(config.out, stac.CATALOG_NAME))
+        write_json(writer, url, stac.catalog(aois))
+        return
+    try:  # no AOI has a collection (any more): sn5dask's catalog would link what is gone
+        ours = read_json(writer, url).get("id") == stac.catalog([])["id"]
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if ours:
+        writer.remove(url)
 
 
 def write_manifest(

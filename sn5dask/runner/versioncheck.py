@@ -137,6 +137,12 @@ class WorkerVersions:
                 return
             report = cast(dict[str, Any], self.client.get_versions(packages=PIXEL_PACKAGES))
             info = report["workers"]
+            if not self.of_worker:  # the first check: the scheduler unpickles the graphs too
+                theirs = report.get("scheduler", {}).get("packages", {}).get("sn5dask")
+                if str(theirs) != self.expected.get("sn5dask"):
+                    raise VersionSkewError(_message(
+                        "the scheduler", [("sn5dask", self.expected.get("sn5dask", "?"), str(theirs))]
+                    ))  # fmt: skip
             for address in sorted(new & set(info)):
                 packages = info[address]["packages"]
                 mismatch = _difference(
@@ -162,6 +168,7 @@ class WorkerVersions:
         worker that joins and is lost before its check is said (`on_notice`)."""
         found: list[BaseException] = []
         stop = threading.Event()
+        self.check_new_workers()  # one that joined since the last pass, before it gets a task
         self.client.subscribe_topic("all", self._on_scheduler_event)
 
         def watch() -> None:
