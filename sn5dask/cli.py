@@ -365,18 +365,16 @@ def validate(
 def _check_workers_see(client: Any, out: str) -> None:
     """A local OUT that a cluster's workers do not see would be reported as every file
     missing: refuse it in one line instead."""
-    import os
-
     from sn5dask.io import files
+    from sn5dask.runner.pipeline import workers_not_seeing
 
     out = files.normalise_location(out)
     if not files.is_local(out):
         return
-    seen = client.run(os.path.isdir, out, on_error="return")
-    blind = sorted(worker for worker, found in seen.items() if found is not True)
+    blind, total = workers_not_seeing(client, out)
     if blind:
         raise ConfigError(
-            f"{out} is a folder on this machine that {len(blind)} of {len(seen)} workers "
+            f"{out} is a folder on this machine that {len(blind)} of {total} workers "
             f"(e.g. {blind[0]}) do not see: validate an s3:// URL, or a folder every worker mounts"
         )
 

@@ -31,6 +31,7 @@ from sn5dask.core.stretch import (
 )
 from sn5dask.errors import ManifestError
 from sn5dask.io import files
+from sn5dask.io.lock import pid_alive
 from sn5dask.outputs.layout import STATS_NAME, ZARR_OUTPUT, AoiLayout, layouts_under
 from sn5dask.outputs.manifest import STATUSES, Manifest
 
@@ -134,17 +135,7 @@ def lock_held(layout: AoiLayout) -> bool:
     except OSError:  # not Linux: trust the holder named in the file, if its process lives
         holder = read_json(url) or {}
         pid = holder.get("pid") if isinstance(holder, dict) else None
-        return isinstance(pid, int) and _pid_alive(pid)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return isinstance(pid, int) and pid_alive(pid)
 
 
 @dataclass(frozen=True)

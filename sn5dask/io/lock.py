@@ -126,7 +126,7 @@ class RunLock:
         pid = holder.get("pid")
         if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
             return False
-        return not _pid_alive(pid)
+        return not pid_alive(pid)
 
 
 def _remove(fs: Any, path: str) -> None:
@@ -144,7 +144,8 @@ def _read_holder(url: str) -> dict[str, Any]:
         return {}
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

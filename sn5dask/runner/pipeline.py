@@ -225,12 +225,11 @@ def check_workers_see_local_paths(
         checks.append(("ROOT", config.root, chips[0].image))
     try:
         for flag, path, marker in checks:
-            seen = client.run(os.path.exists, marker, on_error="return")
-            blind = sorted(worker for worker, found in seen.items() if found is not True)
+            blind, total = workers_not_seeing(client, marker)
             if blind:
                 raise ConfigError(
                     f"{flag} {path} is a folder on this machine that {len(blind)} of "
-                    f"{len(seen)} workers (e.g. {blind[0]}) do not see: give an s3:// URL, "
+                    f"{total} workers (e.g. {blind[0]}) do not see: give an s3:// URL, "
                     "or a folder every worker mounts at the same path"
                 )
     finally:
@@ -277,6 +276,12 @@ def check_workers_reach_s3(client: Client, config: RunConfig, catalogs: list[Aoi
             + (f"; {differ}" if differ else "")
             + ". Set the same S3 settings in the workers' environment (README: Clusters and S3)"
         )
+
+
+def workers_not_seeing(client: Client, path: str) -> tuple[list[str], int]:
+    """The workers on which a local `path` does not exist (sorted), and how many there are."""
+    seen = client.run(os.path.exists, path, on_error="return")
+    return sorted(worker for worker, found in seen.items() if found is not True), len(seen)
 
 
 def check_outputs_apart_from_inputs(config: RunConfig, catalogs: list[AoiCatalog]) -> None:
