@@ -169,7 +169,7 @@ def run(
         raise _fail(str(exc)) from None
     from sn5dask.runner.forkserver import prepare_local_workers
 
-    prepare_local_workers(cfg.scheduler)  # the workers' imports overlap with the client's
+    prepare_local_workers(cfg.scheduler, cfg.formats)  # the workers' imports overlap with the client's
     raise typer.Exit(_run_and_report(cfg))
 
 

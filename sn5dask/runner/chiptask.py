@@ -20,7 +20,6 @@ import numpy as np
 
 from sn5dask.config import RunConfig
 from sn5dask.core.grid import ChipHeader, band_indexes
-from sn5dask.core.labels import parse_road_labels
 from sn5dask.core.outputspec import OutputSpec
 from sn5dask.core.stretch import (
     BandCut,
@@ -295,8 +294,10 @@ def _burn(
     image: np.ndarray,
     result: ChipResult,
 ) -> dict[str, np.ndarray]:
-    # Imported here, in the worker's first chip task (or the fork server's preload), not
-    # with this module: the client imports it for `ChipJob` and needs no rasterio.
+    # Imported here (by the fork server's preload, or a worker's first chip task), not
+    # with this module: the client imports it for `ChipJob` and needs neither rasterio nor
+    # shapely and pyproj.
+    from sn5dask.core.labels import parse_road_labels
     from sn5dask.core.masks import burn_chip_masks
 
     assert chip.label is not None

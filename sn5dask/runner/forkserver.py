@@ -34,10 +34,16 @@ METHOD_KEY = "distributed.worker.multiprocessing-method"
 #: dask config key: how the LocalCluster sn5dask starts makes its worker processes.
 START_METHOD_KEY = "sn5dask.worker-start-method"
 #: What the fork server imports once, so that every worker forked from it starts with
-#: them: distributed and the chip-task code (rasterio/GDAL, shapely, pyproj, odc-geo, and
-#: zarr for the store the default formats write: ≈0.2 s that each worker otherwise spends
-#: in its first write task).
-WORKER_MODULES = ("distributed", "sn5dask.runner.aoistats", "sn5dask.runner.chiptask", "sn5dask.io.zarrstore")
+#: them: distributed, the chip tasks, and what those import only when they first run
+#: (the client needs none of it): rasterio/GDAL, the mask burner with shapely, pyproj
+#: and odc-geo (≈0.25 s per worker, spent in its first task before), and zarr for the
+#: store the default formats write (≈0.2 s in its first write task).
+WORKER_MODULES = (
+    "distributed", "sn5dask.runner.aoistats", "sn5dask.runner.chiptask",
+    "sn5dask.io.raster", "sn5dask.core.masks",
+)  # fmt: skip
+#: And for a run that writes Zarr stores (zarr is left out of a GeoTIFF-only run's workers).
+ZARR_MODULES = ("sn5dask.io.zarrstore",)
 
 #: The variables every local worker starts with unless the user's dask config
 #: (`distributed.nanny.pre-spawn-environ`) says otherwise: distributed's own defaults,
@@ -117,7 +123,7 @@ def sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def start_worker_server() -> None:
+def start_worker_server(with_zarr: bool = True) -> None:
     """Start the fork server for local workers now, so its imports overlap with whatever
     the client does next (its own imports, discovery, the scheduler's start). Idempotent;
     a no-op with the spawn method.
@@ -132,7 +138,7 @@ def start_worker_server() -> None:
     if worker_start_method() != "forkserver":
         return
     server_environ = worker_process_environ()
-    preload = list(WORKER_MODULES)
+    preload = list(WORKER_MODULES) + (list(ZARR_MODULES) if with_zarr else [])
     main = sys.modules.get("__main__")
     main_spec = getattr(main, "__spec__", None)
     if main_spec is not None and main_spec.name.startswith("sn5dask."):  # python -m sn5dask.cli
@@ -157,7 +163,8 @@ def scheduler_address(scheduler: str | None = None) -> str | None:
     )
 
 
-def prepare_local_workers(scheduler: str | None = None) -> None:
-    """Start the fork server now when this run will start its own LocalCluster."""
+def prepare_local_workers(scheduler: str | None = None, formats: tuple[str, ...] = ("geotiff", "zarr")) -> None:
+    """Start the fork server now when this run will start its own LocalCluster
+    (`formats`: the outputs the run writes, which decide what its workers import)."""
     if not scheduler_address(scheduler):
-        start_worker_server()
+        start_worker_server(with_zarr="zarr" in formats)

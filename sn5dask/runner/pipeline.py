@@ -159,7 +159,7 @@ def run(
     if client is None and scheduler_address(config.scheduler) is None:
         check_main_guard()  # before anything is written
     if client is None:
-        prepare_local_workers(config.scheduler)  # its imports overlap with discovery
+        prepare_local_workers(config.scheduler, config.formats)  # its imports overlap with discovery
     catalogs = discover(config.root, list(config.aois) or None, exclude=config.out)
     check_outputs_apart_from_inputs(config, catalogs)
     for catalog in catalogs:  # fail before a cluster starts, not after
@@ -588,9 +588,9 @@ def write_stats(
         # footprints (west, south, east, north in WGS84) of every chip the scan read
         "chip_bboxes": {chip_id: list(box) for chip_id, box in footprints.items()},
         "params": params,
-        "versions": versions(),  # the client's
+        "versions": workers_checked.installation() if workers_checked else versions(),  # the client's
         # each worker's, as checked before the chips' pass (`versioncheck`)
-        "worker_versions": dict(sorted(workers_checked.of_worker.items())) if workers_checked else {},
+        "worker_versions": workers_checked.worker_versions() if workers_checked else {},
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_json(writer, layout.stats_url, document)

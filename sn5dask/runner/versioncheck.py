@@ -90,16 +90,40 @@ class WorkerVersions:
         self, client: Client, on_notice: Callable[[str], None] | None = None, *, own_cluster: bool = False
     ) -> None:
         self.client = client
-        # Workers sn5dask started itself run this interpreter's installation: not asked
-        # (asking costs ~0.2 s of their imports on the run's critical path).
+        # Workers sn5dask started itself run this interpreter's installation: nothing to
+        # compare, and their versions are this installation's. They are read once, by a
+        # task on a worker, where GDAL, GEOS and PROJ are loaded already: the client would
+        # import rasterio for them alone (≈0.15 s on the run's critical path).
         self.own_cluster = own_cluster
-        self.expected = _this_process_versions()
+        #: the pixel-deciding versions each worker must have (the client's); None for
+        #: workers this run started itself (this installation: nothing to compare)
+        self.expected: dict[str, str] | None = None if own_cluster else _this_process_versions()
+        self._installation: Future | None = (
+            client.submit(versions, pure=False, priority=1) if own_cluster else None
+        )
         self.of_worker: dict[str, dict[str, str]] = {}
         self.on_notice = on_notice or log.warning
         self._lock = threading.Lock()
         self._joined: set[str] = set()  # workers that joined while a watch ran
         self._lost: list[str] = []  # and were removed unexpectedly
         self._said: set[str] = set()
+
+    def installation(self) -> dict[str, str]:
+        """This run's versions (`sn5dask.versions.versions()`), for stats.json: the
+        client's, read on a worker of its own cluster (the same installation)."""
+        if self._installation is None:
+            return versions()
+        try:
+            return cast(dict[str, str], self._installation.result())
+        except Exception:  # the worker was lost meanwhile: read them here instead
+            return versions()
+
+    def worker_versions(self) -> dict[str, dict[str, str]]:
+        """Each checked worker's versions (a worker of this run's own cluster: this
+        installation's), by address."""
+        if not self.own_cluster:
+            return dict(sorted(self.of_worker.items()))
+        return {address: self.installation() for address in sorted(self.of_worker)}
 
     def _on_scheduler_event(self, event: tuple[float, Any]) -> None:
         """distributed's "all" topic (in the client's event loop: no blocking here)."""
@@ -133,20 +157,21 @@ class WorkerVersions:
             if not new:
                 return
             if self.own_cluster:
-                self.of_worker.update({address: dict(self.expected) for address in new})
+                self.of_worker.update({address: {} for address in new})  # filled by `worker_versions`
                 return
+            expected = self.expected or _this_process_versions()
             report = cast(dict[str, Any], self.client.get_versions(packages=PIXEL_PACKAGES))
             info = report["workers"]
             if not self.of_worker:  # the first check: the scheduler unpickles the graphs too
                 theirs = report.get("scheduler", {}).get("packages", {}).get("sn5dask")
-                if str(theirs) != self.expected.get("sn5dask"):
+                if str(theirs) != expected.get("sn5dask"):
                     raise VersionSkewError(_message(
-                        "the scheduler", [("sn5dask", self.expected.get("sn5dask", "?"), str(theirs))]
+                        "the scheduler", [("sn5dask", expected.get("sn5dask", "?"), str(theirs))]
                     ))  # fmt: skip
             for address in sorted(new & set(info)):
                 packages = info[address]["packages"]
                 mismatch = _difference(
-                    {k: v for k, v in self.expected.items() if k in PIXEL_PACKAGES},
+                    {k: v for k, v in expected.items() if k in PIXEL_PACKAGES},
                     {name: str(packages.get(name)) for name in PIXEL_PACKAGES},
                 )
                 if mismatch:
@@ -155,7 +180,7 @@ class WorkerVersions:
             for address, found in native.items():
                 if isinstance(found, BaseException):  # the worker left meanwhile
                     continue
-                mismatch = _difference(self.expected, pixel_versions(found))
+                mismatch = _difference(expected, pixel_versions(found))
                 if mismatch:
                     raise VersionSkewError(_message(f"worker {address}", mismatch))
                 self.of_worker[address] = found
