@@ -206,6 +206,39 @@ def test_importing_the_config_imports_no_gdal_geos_or_proj() -> None:
     assert result.stdout.strip() == "[]"
 
 
+def test_the_client_of_a_run_imports_no_gdal_geos_or_proj() -> None:
+    """The client's start is the run's critical path: the CLI and the run loop import none
+    of what only the workers use (the fork server preloads it for them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sn5dask.cli, sn5dask.runner.pipeline; "
+            "print(sorted(m for m in ('rasterio', 'shapely', 'pyproj', 'osgeo', 'odc.geo', 'zarr') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_python_dash_m_runs_without_runpy_warnings(tmp_path) -> None:
+    """`python -m sn5dask.cli run` (the form benchmarks use): each worker runs the main
+    module again, which the fork server has imported already; runpy's warning about that
+    is not shown to the user."""
+    import subprocess
+    import sys
+
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=2, size=32, seed=3, with_edge_cases=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "sn5dask.cli", "run", str(aoi.root), "--out", str(tmp_path / "out"),
+         "--workers", "2", "--formats", "geotiff"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr
+    assert len(list((tmp_path / "out").rglob("PS-RGB/*.tif"))) == 2
+
+
 def test_worker_environment_follows_the_users_dask_config() -> None:
     """The variables the fork server (and so every worker) starts with: distributed's
     pre-spawn environment under the user's own dask config, MALLOC_TRIM_THRESHOLD_ unset."""

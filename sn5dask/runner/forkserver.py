@@ -143,6 +143,11 @@ def start_worker_server(with_zarr: bool = True) -> None:
     main_spec = getattr(main, "__spec__", None)
     if main_spec is not None and main_spec.name.startswith("sn5dask."):  # python -m sn5dask.cli
         preload.append(main_spec.name)
+        # runpy then warns, in every worker, that the module it runs again is imported
+        # already (which is the point): a filter for that one message, not for the user's.
+        noise = f"ignore:'{main_spec.name}' found in sys.modules:RuntimeWarning"
+        given = os.environ.get("PYTHONWARNINGS")
+        server_environ["PYTHONWARNINGS"] = f"{given},{noise}" if given else noise
     elif "sn5dask.cli" in sys.modules:  # the `sn5dask` console script
         preload.append("sn5dask.cli")
     # Each worker runs the client's main module again as it starts (multiprocessing's
