@@ -6,6 +6,7 @@ chip failed, 2 for bad arguments, no chips, a held lock or changed parameters.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -199,6 +200,10 @@ def _run_and_report(cfg: RunConfig) -> int:
     finally:
         reporter.stop()
     _print_summary(summary, time.perf_counter() - started)
+    # The run is over and the process about to exit: what the interpreter would collect
+    # on its way out (every module of dask, distributed and bokeh) is left to the OS.
+    # Python's last collection took ≈0.4 s after the summary (strace, 2-core VM).
+    gc.freeze()
     return summary.exit_code
 
 
