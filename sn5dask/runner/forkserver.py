@@ -44,8 +44,9 @@ WORKER_MODULES = (
 )  # fmt: skip
 #: And for a run that writes Zarr stores (zarr is left out of a GeoTIFF-only run's workers).
 ZARR_MODULES = ("sn5dask.io.zarrstore",)
-#: Preloaded last: freezes what the others imported (see its docstring).
-FREEZE_MODULE = "sn5dask.runner.frozen"
+#: Preloaded first and last: the collector paused while the others are imported, then
+#: what they made frozen (see their docstrings).
+PAUSE_MODULE, FREEZE_MODULE = "sn5dask.runner.gcpause", "sn5dask.runner.frozen"
 
 #: The variables every local worker starts with unless the user's dask config
 #: (`distributed.nanny.pre-spawn-environ`) says otherwise: distributed's own defaults,
@@ -156,7 +157,7 @@ def start_worker_server(with_zarr: bool = True) -> None:
     # forkserver does, on Python 3.11 and 3.12 without the server's own copy of it:
     # CPython gh-126631). For the CLI that is sn5dask.cli with typer and rich (≈0.15 s per
     # worker); preloaded here, a worker finds them imported and only runs the module body.
-    multiprocessing.set_forkserver_preload([*preload, FREEZE_MODULE])
+    multiprocessing.set_forkserver_preload([PAUSE_MODULE, *preload, FREEZE_MODULE])
     with environ(server_environ), sigint_ignored():
         multiprocessing.forkserver.ensure_running()
 

@@ -1,6 +1,6 @@
 """Imported by the fork server last, after every module it preloads (`forkserver`):
 freezes them for the garbage collector (`gc.freeze`, Python's documented step before
-forking workers from a preloaded parent).
+forking workers from a preloaded parent) and resumes the collector `gcpause` paused.
 
 A worker forked from the server then never scans those objects in its own collections
 (distributed, rasterio, shapely, pyproj and the chip-task code: some 10^5 of them, walked
@@ -12,3 +12,4 @@ them (≈0.25 s after the client's last line, strace on the 2-core VM).
 import gc
 
 gc.freeze()
+gc.enable()
