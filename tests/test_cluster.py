@@ -40,7 +40,7 @@ def _worker_state() -> dict[str, bool]:
         # importing the module in the worker's task thread)
         import sn5dask.core.crs
 
-        utm_table = sn5dask.core.crs._wgs84_utm_zones.cache_info().currsize == 1
+        utm_table = sn5dask.core.crs._utm_area_of_use.cache_info().currsize >= 1
     return {
         "chiptask": "sn5dask.runner.chiptask" in sys.modules,
         "aoistats": "sn5dask.runner.aoistats" in sys.modules,

@@ -238,6 +238,35 @@ def test_utm_zone_lookup_matches_pyproj() -> None:
         assert utm_crs_containing(lon, lat).to_epsg() == int(expected[0].code)
 
 
+def test_utm_zone_lookup_equals_the_first_zone_of_projs_whole_list_on_every_edge() -> None:
+    """`utm_crs_containing` reads only the areas of the zones next to the point; the
+    answer is the first zone of PROJ's whole list of WGS84 UTM CRSs that contains the
+    point (lowest code), on zone edges, at the equator, at 80°S and 84°N (EPSG's zone 29N
+    reaches 12.01°W and 84.01°N), and none beyond them."""
+    zones = [
+        (int(info.code), info.area_of_use)
+        for info in query_utm_crs_info(datum_name="WGS 84")
+        if info.code[:3] in ("326", "327") and info.area_of_use is not None
+    ]
+
+    def first_zone(lon: float, lat: float) -> int | None:
+        for code, area in zones:
+            if area.west <= lon <= area.east and area.south <= lat <= area.north:
+                return code
+        return None
+
+    edges = [6 * k + d for k in range(-30, 31) for d in (-0.02, -0.01, -0.005, 0, 0.005, 0.01, 3)]
+    lons = sorted({lon for lon in edges + list(np.linspace(-180, 180, 181)) if -180 <= lon <= 180})
+    lats = [-90, -80.5, -80.01, -80, -79.99, -45, -0.01, 0, 0.01, 45, 83.99, 84, 84.005, 84.01, 84.02, 90]
+    for lon in lons:
+        for lat in lats:
+            try:
+                found: int | None = utm_crs_containing(lon, lat).to_epsg()
+            except ValueError:
+                found = None
+            assert found == first_zone(lon, lat), (lon, lat)
+
+
 def test_cresi_utm_is_centroid_zone_and_always_north() -> None:
     dar = np.array([shapely.LineString([(39.28, -6.8), (39.29, -6.8)])])
     crs = cresi_utm_crs(dar, CRS.from_user_input("OGC:CRS84"))

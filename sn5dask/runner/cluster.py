@@ -218,8 +218,8 @@ def warm_up_workers(client: Client) -> None:
     discovering chips and building the graph (fire and forget).
 
     A spawned worker (a remote cluster, or `worker-start-method: spawn`) otherwise pays
-    ~0.5 s of imports inside its first scan and chip tasks, and even a forked one reads
-    PROJ's UTM table (~0.1 s) in its first chip task, while the other queues wait on it
+    ~0.5 s of imports inside its first scan and chip tasks, and even a forked one opens
+    PROJ's database in its first chip task, while the other queues wait on it
     (benchmarks/README.md). The task runs in the worker's task thread ahead of the chip
     tasks; on a warm worker it is a no-op.
     """
@@ -235,10 +235,10 @@ def warm_up_workers(client: Client) -> None:
 
 def prepare_worker() -> None:
     """Everything a worker process needs before its first chip, in one place: the chip-task
-    imports, GDAL set-up and PROJ's UTM table. Idempotent (cheap on a warm worker)."""
+    imports, GDAL set-up and PROJ's database. Idempotent (cheap on a warm worker)."""
     from sn5dask.core import crs, masks  # noqa: F401
     from sn5dask.io import raster
     from sn5dask.runner import aoistats, chiptask  # noqa: F401
 
     with raster.gdal_env("local"):
-        crs.utm_crs_containing(0.0, 0.0)  # reads PROJ's UTM table once per process
+        crs.utm_crs_containing(0.0, 0.0)  # opens PROJ's database once per process
