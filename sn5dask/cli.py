@@ -10,6 +10,8 @@ import gc
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -123,21 +125,38 @@ def _quiet_distributed(verbose: bool) -> None:
     logging.getLogger("distributed.client").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
-def _startup_without_collections() -> None:
-    """The collector pauses while a run starts (called first thing by `run` and `demo`,
-    this process's own commands): dask, distributed, the scheduler and its bokeh dashboard
-    create some 10^5 objects that live as long as the process, and each full collection
-    during their imports walked all of them again (the same imports took 1.0 instead of
-    1.25 s with it paused, `python -c` on the 2-core VM). `_startup_over` resumes it."""
-    gc.disable()
+@contextmanager
+def _startup_without_collections() -> Iterator[None]:
+    """The collector pauses while a run starts (around the `run` and `demo` commands):
+    dask, distributed, the scheduler and its bokeh dashboard create some 10^5 objects that
+    live as long as the process, and each full collection during their imports walked all
+    of them again (the same imports took 1.0 instead of 1.25 s with it paused, `python -c`
+    on the 2-core VM). `_startup_over` resumes it once the cluster is up; a command that
+    ends before (a mistake in its options) resumes it here. A collector the caller had
+    switched off stays off."""
+    global _paused_for_startup
+    if gc.isenabled():
+        gc.disable()
+        _paused_for_startup = True
+    try:
+        yield
+    finally:
+        _startup_over(freeze=False)
 
 
-def _startup_over() -> None:
+#: True while `_startup_without_collections` holds the collector paused.
+_paused_for_startup = False
+
+
+def _startup_over(freeze: bool = True) -> None:
     """The cluster is up: what start-up made is frozen (later collections skip it) and the
     collector resumes for the run itself."""
-    if not gc.isenabled():
-        gc.freeze()
+    global _paused_for_startup
+    if _paused_for_startup:
+        if freeze:
+            gc.freeze()
         gc.enable()
+        _paused_for_startup = False
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -172,25 +191,25 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every warning")] = False,
 ) -> None:
     """Make 8-bit RGB chips and road masks for every AOI under ROOT."""
-    _startup_without_collections()
-    from sn5dask.config import load_config
+    with _startup_without_collections():
+        from sn5dask.config import load_config
 
-    _setup_logging(verbose)
-    try:
-        cfg = load_config(
-            config,
-            root=root, out=out, aois=aoi or None, scheduler=scheduler, workers=workers,
-            profile=profile, stretch=stretch, percentiles=percentiles, bands=bands,
-            masks=masks, buffer_m=buffer_m, default_speed=default_speed,
-            speed_field=speed_field, formats=formats, compress=compress,
-            max_label_mb=max_label_mb, folds=folds, overwrite=overwrite, break_lock=break_lock,
-        )  # fmt: skip
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-    from sn5dask.runner.forkserver import prepare_local_workers
+        _setup_logging(verbose)
+        try:
+            cfg = load_config(
+                config,
+                root=root, out=out, aois=aoi or None, scheduler=scheduler, workers=workers,
+                profile=profile, stretch=stretch, percentiles=percentiles, bands=bands,
+                masks=masks, buffer_m=buffer_m, default_speed=default_speed,
+                speed_field=speed_field, formats=formats, compress=compress,
+                max_label_mb=max_label_mb, folds=folds, overwrite=overwrite, break_lock=break_lock,
+            )  # fmt: skip
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+        from sn5dask.runner.forkserver import prepare_local_workers
 
-    prepare_local_workers(cfg.scheduler, cfg.formats)  # the workers' imports overlap with the client's
-    raise typer.Exit(_run_and_report(cfg))
+        prepare_local_workers(cfg.scheduler, cfg.formats)  # the workers' imports overlap with the client's
+        raise typer.Exit(_run_and_report(cfg))
 
 
 def _run_and_report(cfg: RunConfig) -> int:
@@ -269,42 +288,42 @@ def demo(
 ) -> None:
     """Generate a synthetic AOI (reused when already there and intact) and run the whole
     job on it on a LocalCluster."""
-    _startup_without_collections()
-    from sn5dask.config import load_config
-    from sn5dask.io.files import normalise_location
-    from sn5dask.runner.forkserver import prepare_local_workers
-    from sn5dask.synthetic import ensure_synthetic_aoi
+    with _startup_without_collections():
+        from sn5dask.config import load_config
+        from sn5dask.io.files import normalise_location
+        from sn5dask.runner.forkserver import prepare_local_workers
+        from sn5dask.synthetic import ensure_synthetic_aoi
 
-    _setup_logging(False)
-    out = Path(normalise_location(out))
-    if out.exists() and not out.is_dir():
-        raise _fail(f"{out} is a file, not a folder: give the demo a folder to write into")
-    prepare_local_workers()  # the workers' imports overlap with making the synthetic AOI
-    try:
-        synthetic, reused = ensure_synthetic_aoi(out / "input", n_chips=chips, size=size)
-    except OSError as exc:
-        raise _fail(f"{out / 'input'}: cannot write the synthetic AOI ({exc.strerror or exc})") from None
-    state = "reused (already there and intact)" if reused else "written"
-    err_console.print(
-        f"synthetic AOI {synthetic.aoi}: {len(synthetic.images)} chips {state} in {escape(str(out / 'input'))}",
-        highlight=False, soft_wrap=True,
-    )
-    try:
-        cfg = load_config(
-            None, root=str(out / "input"), out=str(out / "output"), workers=workers,
-            profile=profile, overwrite=overwrite,
-        )  # fmt: skip
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-    code = _run_and_report(cfg)
-    out_console.print(
-        f"outputs in {escape(str(out / 'output' / synthetic.aoi))}: PS-RGB/, masks/, "
-        f"{synthetic.aoi}.zarr, folds.csv, stats.json, manifest.json; "
-        f"STAC catalog {escape(str(out / 'output' / 'catalog.json'))}",
-        highlight=False,
-        soft_wrap=True,
-    )
-    raise typer.Exit(code)
+        _setup_logging(False)
+        out = Path(normalise_location(out))
+        if out.exists() and not out.is_dir():
+            raise _fail(f"{out} is a file, not a folder: give the demo a folder to write into")
+        prepare_local_workers()  # the workers' imports overlap with making the synthetic AOI
+        try:
+            synthetic, reused = ensure_synthetic_aoi(out / "input", n_chips=chips, size=size)
+        except OSError as exc:
+            raise _fail(f"{out / 'input'}: cannot write the synthetic AOI ({exc.strerror or exc})") from None
+        state = "reused (already there and intact)" if reused else "written"
+        err_console.print(
+            f"synthetic AOI {synthetic.aoi}: {len(synthetic.images)} chips {state} in {escape(str(out / 'input'))}",
+            highlight=False, soft_wrap=True,
+        )
+        try:
+            cfg = load_config(
+                None, root=str(out / "input"), out=str(out / "output"), workers=workers,
+                profile=profile, overwrite=overwrite,
+            )  # fmt: skip
+        except ConfigError as exc:
+            raise _fail(str(exc)) from None
+        code = _run_and_report(cfg)
+        out_console.print(
+            f"outputs in {escape(str(out / 'output' / synthetic.aoi))}: PS-RGB/, masks/, "
+            f"{synthetic.aoi}.zarr, folds.csv, stats.json, manifest.json; "
+            f"STAC catalog {escape(str(out / 'output' / 'catalog.json'))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code)
 
 
 @app.command()

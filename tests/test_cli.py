@@ -53,8 +53,11 @@ def test_stats_json_shape_and_values(small_aoi) -> None:
     ],
 )
 def test_bad_arguments_exit_2(small_aoi, tmp_path: Path, args: list[str], message: str) -> None:
+    import gc
+
     result = invoke("run", small_aoi.root, "--out", tmp_path, *args)
     assert result.exit_code == 2 and message in result.output
+    assert gc.isenabled()  # the collector, paused while a run starts, is on again
 
 
 def test_no_chips_exits_2(tmp_path: Path) -> None:
@@ -70,6 +73,9 @@ def test_run_with_a_failed_chip_exits_1_and_lists_it(small_aoi, tmp_path: Path) 
     result = invoke("run", root, "--out", tmp_path / "out", "--formats", "geotiff")
     assert result.exit_code == 1
     assert "failed" in result.output and "chip3" in result.output and "cannot be read" in result.output
+    import gc
+
+    assert gc.isenabled()  # paused while the run started, on again once its cluster was up
 
 
 def test_config_file_equals_flags(small_aoi, tmp_path: Path) -> None:

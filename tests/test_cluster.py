@@ -75,13 +75,18 @@ def test_warm_up_prepares_every_spawned_worker_without_zarr() -> None:
 
 
 def _process_facts() -> dict:
+    import gc
     import os
     import sys
 
     return {
         "ppid": os.getppid(),
         "chiptask": "sn5dask.runner.chiptask" in sys.modules,
+        "rasterio": "rasterio" in sys.modules,
+        "masks": "sn5dask.core.masks" in sys.modules,
         "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        "gc_enabled": gc.isenabled(),
+        "frozen": gc.get_freeze_count(),
     }
 
 
@@ -111,11 +116,14 @@ def test_local_workers_fork_from_a_single_threaded_server_with_the_task_code(
     assert server_environ["OMP_NUM_THREADS"] == "1"
     assert len(os.listdir(f"/proc/{server}/task")) == 1  # one thread: safe to fork
     for fact in facts.values():
-        assert fact["chiptask"]  # imported by the server before forking, not per worker
+        # imported by the server before forking, not per worker: the tasks, GDAL and the
+        # mask burner (zarr too when the server was started for a run that writes Zarr)
+        assert fact["chiptask"] and fact["rasterio"] and fact["masks"]
         assert fact["trim"] is None
-    # zarr too (the default formats write the store); spawned workers import it only in a
-    # run that writes the store (test_warm_up_prepares_every_spawned_worker_without_zarr)
-    assert all(s["utm_table"] and s["zarr"] for s in states.values())
+        # the collector, paused while the server imported, is on again in every worker,
+        # and what the server imported is frozen (no worker's collection walks it)
+        assert fact["gc_enabled"] and fact["frozen"] > 10_000
+    assert all(s["utm_table"] for s in states.values())
 
 
 def test_worker_start_method_config() -> None:
