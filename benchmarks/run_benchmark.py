@@ -143,7 +143,7 @@ def run_cli(root: Path, out: Path) -> None:
     """`sn5dask run` as a user types it: a fresh process, interpreter start to exit."""
     script = Path(sys.executable).with_name("sn5dask")
     command = [str(script)] if script.exists() else [sys.executable, "-c",
-                                                     "from sn5dask.cli import app; app()"]
+                                                     "from sn5dask.cli import main; main()"]
     subprocess.run([*command, "run", str(root), "--out", str(out), "--formats", "geotiff"],
                    check=True, capture_output=True)
 

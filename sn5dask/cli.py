@@ -132,10 +132,10 @@ def _startup_without_collections() -> Iterator[None]:
     live as long as the process, and each full collection during their imports walked all
     of them again (the same imports took 1.0 instead of 1.25 s with it paused, `python -c`
     on the 2-core VM). `_startup_over` resumes it once the cluster is up; a command that
-    ends before (a mistake in its options) resumes it here. A collector the caller had
-    switched off stays off."""
+    ends before (a mistake in its options) resumes it here. Only in the `sn5dask`
+    command's own process (`main`): code that calls `app` keeps its collector as it is."""
     global _paused_for_startup
-    if gc.isenabled():
+    if _own_process and gc.isenabled():
         gc.disable()
         _paused_for_startup = True
     try:
@@ -146,6 +146,8 @@ def _startup_without_collections() -> Iterator[None]:
 
 #: True while `_startup_without_collections` holds the collector paused.
 _paused_for_startup = False
+#: True when this process runs the `sn5dask` command itself (`main`), not a caller's code.
+_own_process = False
 
 
 def _startup_over(freeze: bool = True) -> None:
@@ -238,10 +240,6 @@ def _run_and_report(cfg: RunConfig) -> int:
     finally:
         reporter.stop()
     _print_summary(summary, time.perf_counter() - started)
-    # The run is over and the process about to exit: what the interpreter would collect
-    # on its way out (every module of dask, distributed and bokeh) is left to the OS.
-    # Python's last collection took ≈0.4 s after the summary (strace, 2-core VM).
-    gc.freeze()
     return summary.exit_code
 
 
@@ -461,5 +459,19 @@ def versions() -> None:
     show_versions()
 
 
+def main() -> None:
+    """The `sn5dask` command (console script, `python -m sn5dask.cli`): `app` in a process
+    of its own, whose garbage collector the CLI may tune (`_startup_without_collections`).
+    On the way out, what the interpreter would collect (every module of dask, distributed
+    and bokeh) is left to the OS: Python's last collection took ≈0.4 s after the summary
+    (strace, 2-core VM)."""
+    global _own_process
+    _own_process = True
+    try:
+        app()
+    finally:
+        gc.freeze()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

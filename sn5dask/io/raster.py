@@ -48,12 +48,6 @@ def gdal_options(url: str | None = None) -> dict[str, str]:
         "GDAL_HTTP_RETRY_DELAY": os.environ.get("GDAL_HTTP_RETRY_DELAY", "0.5"),
     }
     if url is not None and not url.startswith("s3://"):
-        # An uncompressed striped chip (SpaceNet's PS-MS layout) is read through a memory
-        # map of the file rather than GDAL's block cache: bands 5,3,2 of a full-size chip
-        # in 10 ms instead of 20, all eight in 16 instead of 25 (benchmarks/bench_encode.py).
-        # GDAL checks the strips against the file's size first (a truncated chip is still
-        # an error) and reads any other layout as before.
-        options["GTIFF_VIRTUAL_MEM_IO"] = "YES"
         return options
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint and "AWS_S3_ENDPOINT" not in os.environ:

@@ -190,7 +190,7 @@ def _local_client(workers: int | None) -> Iterator[Client]:
                 threads_per_worker=1,
                 processes=True,
                 silence_logs=logging.ERROR,
-                dashboard_address=None if os.environ.get("NODASH") else dashboard_address,
+                dashboard_address=dashboard_address,
                 # Forked workers inherit the fork server's environment, which may be older
                 # than the client's (AWS_*, GDAL_* set since): each worker applies the
                 # client's current variables first thing, as spawned workers would have.

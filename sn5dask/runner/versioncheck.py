@@ -119,11 +119,11 @@ class WorkerVersions:
             return versions()
 
     def worker_versions(self) -> dict[str, dict[str, str]]:
-        """Each checked worker's versions (a worker of this run's own cluster: this
-        installation's), by address."""
+        """Each checked worker's versions, by address (a worker of this run's own cluster:
+        this installation's pixel-deciding ones, as they were recorded before)."""
         if not self.own_cluster:
             return dict(sorted(self.of_worker.items()))
-        return {address: self.installation() for address in sorted(self.of_worker)}
+        return {address: pixel_versions(self.installation()) for address in sorted(self.of_worker)}
 
     def _on_scheduler_event(self, event: tuple[float, Any]) -> None:
         """distributed's "all" topic (in the client's event loop: no blocking here)."""
