@@ -7,9 +7,12 @@ browser holds. Screenshots are kept in tests/artifacts/dashboard/ (or $SN5DASK_A
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -281,6 +284,54 @@ def test_a_run_from_the_page_offline_with_right_numbers_and_geometry(browser, tm
         if not stopped:
             kill_group(server, 2)
     assert off_loopback(requests_made(browser)) == []
+
+
+def bokeh_websocket(port: int) -> socket.socket:
+    """A page's websocket to the dashboard on `port`, opened by hand (HTTP upgrade with the
+    session token of a freshly served page), so the test decides what it sends and when."""
+    page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).read().decode()
+    token = re.search(r'"token":\s*"([^"]+)"', page).group(1)
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    key = base64.b64encode(os.urandom(16)).decode()
+    connection.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nOrigin: http://127.0.0.1:{port}\r\n"
+        f"Sec-WebSocket-Protocol: bokeh, {token}\r\n\r\n".encode()
+    )  # fmt: skip
+    received = connection.recv(4096)
+    assert received.startswith(b"HTTP/1.1 101"), "the websocket was not accepted"
+    while b'"ACK"' not in received:  # the server's session is open: a browser waits for this too
+        received += connection.recv(4096)
+    return connection
+
+
+def test_websockets_the_server_is_closing_leave_no_traceback(tmp_path) -> None:
+    """A connection the server closes waits up to 5 s for the browser's close frame (as
+    when a tab goes away while an update is sent). A keep-alive ping in that window made
+    bokeh drop the connection twice: an AssertionError traceback in the server's terminal
+    (the CI failure of 2026-12-06). Connections held in that state one after another for
+    longer than bokeh's 37-s keep-alive period: the terminal shows no traceback, and a
+    page opened afterwards is served."""
+    port = free_port()
+    server = sn5dask_cli("dashboard", tmp_path / "out", "--port", port)
+    try:
+        wait_for_port(port, 60)
+        held = []
+        for _ in range(9):
+            connection = bokeh_websocket(port)
+            mask = os.urandom(4)
+            # a binary frame where bokeh expects a message's text header: it closes
+            connection.sendall(bytes([0x82, 0x80 | 4]) + mask + bytes(b ^ m for b, m in zip(b"\x00" * 4, mask)))
+            held.append(connection)  # never answers the server's close frame
+            time.sleep(4.5)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30).status == 200
+        time.sleep(6)  # the last connection is given up by the server
+    finally:
+        kill_group(server, signal.SIGINT)
+    output = server.stdout.read()
+    assert server.returncode == 0, output
+    assert output.count("protocol error") == 9, output  # the refused messages were seen
+    assert "Traceback" not in output and "AssertionError" not in output, output
 
 
 def test_a_damaged_manifest_shows_that_aoi_only(browser, tmp_path) -> None:

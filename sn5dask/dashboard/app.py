@@ -437,6 +437,14 @@ def _closed_tab_noise(record: logging.LogRecord) -> bool:
     return not isinstance(exception, (WebSocketClosedError, StreamClosedError))
 
 
+# The page's websocket is kept alive by tornado's own pings (an idle page behind a proxy
+# would otherwise be cut), not by bokeh's keep-alive job: that job drops a connection it
+# finds closing, and when tornado then closes it too, bokeh 3.9 fails an assertion and
+# prints a traceback in the server's terminal (a closed tab or a refused message is
+# enough). The pong must come back within the interval, or the connection is closed.
+WEBSOCKET_PING_S = 30
+
+
 _CONTROLLERS: dict[tuple[str | None, int | None], RunController] = {}
 
 
@@ -461,7 +469,7 @@ def serve(out: str, *, root: str | None = None, scheduler: str | None = None, po
         pn.serve(
             {"/": session}, address="127.0.0.1", port=port, show=False, title="sn5dask",
             websocket_origin=[f"127.0.0.1:{port}", f"localhost:{port}"], threaded=False,
-            start=True, verbose=False,
+            start=True, verbose=False, keep_alive_milliseconds=0, websocket_ping_interval=WEBSOCKET_PING_S,
         )  # fmt: skip
     finally:
         # Ctrl-C: the cluster closes in its own thread (see run.KeptCluster); a run still
