@@ -549,6 +549,50 @@ def test_a_changed_run_leaves_no_output_its_records_do_not_list(client, tmp_path
     shutil.rmtree(out)
 
 
+def test_a_changed_run_stopped_midway_leaves_nothing_unlisted_once_resumed(client, tmp_path) -> None:
+    """A re-run with other parameters (--overwrite: the binary mask only, no more Zarr)
+    stopped after its first chip: its manifest carries on what the earlier run made, and
+    the resume (the same new parameters, no --overwrite) removes every output that no
+    record lists: the continuous masks, the other chips' Zarr store."""
+    import sn5dask
+    from sn5dask.config import load_config
+    from sn5dask.runner.pipeline import LogReporter
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=4, size=64, seed=5, with_edge_cases=False)
+    out = tmp_path / "out"
+    folder = out / "AOI_99_Synthetic"
+
+    def config(**options):
+        return load_config(None, root=str(aoi.root), out=str(out), **options)
+
+    class StopAfterOneChip(LogReporter):
+        def chip_finished(self, aoi: str, result) -> None:
+            super().chip_finished(aoi, result)
+            raise KeyboardInterrupt  # as Ctrl-C in the client
+
+    assert sn5dask.run(config(formats="geotiff,zarr", masks="binary,continuous"), client=client).exit_code == 0
+    continuous = sorted((folder / "masks" / "continuous").glob("*.tif"))
+    assert len(continuous) == 4 and (folder / "AOI_99_Synthetic.zarr").is_dir()
+
+    with pytest.raises(KeyboardInterrupt):
+        sn5dask.run(config(formats="geotiff", masks="binary", overwrite=True), client=client,
+                    reporter=StopAfterOneChip())  # fmt: skip
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert len(manifest["chips"]) == 1 and manifest["params"]["masks"] == ["binary"]
+    superseded = set(manifest["superseded"])
+    assert {f"masks/continuous/{p.name}" for p in continuous} | {"AOI_99_Synthetic.zarr"} <= superseded
+    assert all(p.exists() for p in continuous)  # nothing removed before the run finishes
+
+    assert sn5dask.run(config(formats="geotiff", masks="binary"), client=client).exit_code == 0
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "superseded" not in manifest and len(manifest["chips"]) == 4
+    listed = {folder / p for e in manifest["chips"].values() for p in e["outputs"].values()}
+    made = {p for p in folder.rglob("*.tif")}
+    assert made == listed and len(made) == 4 * 2
+    assert not (folder / "AOI_99_Synthetic.zarr").exists()
+
+
 def test_a_resumed_run_writes_the_items_of_chips_done_before_again(client, tmp_path) -> None:
     """Chips done by an earlier run get their STAC items again (deleted, written by an
     older version, or with a fold that moved): the catalog equals a fresh run's."""

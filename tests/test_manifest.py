@@ -99,3 +99,23 @@ def test_changed_params_name_each_change_and_blame_chips_only_when_only_they_cha
     assert "percentiles: [2.0, 98.0] -> [1.0, 99.0]" in text and "chips changed" not in text
     with pytest.raises(ParamsChangedError, match=r"\(the AOI's chips changed since that run\)"):
         m.check_params({**PARAMS, "aoi_percentiles": {"5": [0.0, 9.5]}})
+
+
+def test_earlier_outputs_are_only_paths_of_sn5dasks_output_shapes() -> None:
+    """What a manifest says earlier runs made, and may be removed at the end of a run:
+    never the manifest, stats, the lock, a folder, a chunk or a path leaving the AOI folder,
+    whatever a damaged or edited manifest lists."""
+    from sn5dask.runner.pipeline import earlier_outputs
+
+    m = manifest(chip0={"status": "ok", "outputs": {"rgb": "PS-RGB/a.tif", "binary": "masks/binary/a.tif",
+                                                    "zarr": "AOI_7_Moscow.zarr#0"}},
+                 chip1={"status": "ok", "outputs": {"rgb": "PS-RGB/../manifest.json", "binary": "../in/b.tif"}})
+    m.superseded = ["masks/continuous/a.tif", "stac/chip9-label.json", "manifest.json", "stats.json",
+                    ".sn5dask.lock", "masks/binary", "PS-RGB/./a.tif", "/etc/passwd", "../x.tif",
+                    "AOI_7_Moscow.zarr/rgb/c/0/0/0", "masks/other/a.tif", "collection.json", ""]
+    assert earlier_outputs(m, LAYOUT) == [
+        "AOI_7_Moscow.zarr", "PS-RGB/a.tif", "collection.json", "masks/binary/a.tif",
+        "masks/continuous/a.tif", "stac/chip0-label.json", "stac/chip0.json", "stac/chip1-label.json",
+        "stac/chip1.json", "stac/chip9-label.json",
+    ]
+    assert earlier_outputs(None, LAYOUT) == [] and earlier_outputs(ManifestError("damaged"), LAYOUT) == []

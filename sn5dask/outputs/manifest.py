@@ -119,6 +119,11 @@ class Manifest(BaseModel):
     root: str = ""
     orphan_labels: list[str] = Field(default_factory=list)
     chips: dict[str, ChipEntry] = Field(default_factory=dict)
+    #: What earlier runs made here that this run has not yet kept or removed (paths
+    #: relative to the AOI folder): removed, unless this run lists them, when it finishes.
+    #: A run that stops before carries them on to its resume, so an interrupted run with
+    #: other parameters never leaves files that no record lists.
+    superseded: list[str] = Field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = dict.fromkeys(STATUSES, 0)
@@ -135,6 +140,7 @@ class Manifest(BaseModel):
             "counts": self.counts(),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "chips": {chip_id: entry.as_json() for chip_id, entry in self.chips.items()},
+            **({"superseded": self.superseded} if self.superseded else {}),
         }
 
     @classmethod

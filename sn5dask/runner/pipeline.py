@@ -318,6 +318,7 @@ def run_aoi(
     with RunLock(layout.lock_url, break_lock=config.break_lock):
         files.remove_partials(layout.folder)  # left by a run that was killed mid-write
         previous = read_previous_manifest(layout, writer)
+        earlier = earlier_outputs(previous, layout)
         scan_started = time.perf_counter()
         with kept_for_run(client) as run_token:
             stats = scan_aoi(client, catalog, config, reader, for_run=run_token, workers_checked=workers_checked)
@@ -336,6 +337,7 @@ def run_aoi(
             folds = chip_folds(catalog, stats, config)
             write_stats(layout, writer, catalog, config, stats, params, footprints, workers_checked)
             manifest = start_manifest(config, catalog, params, stats, done)
+            manifest.superseded = earlier  # removed at the end; a resume carries them on
             todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
             write_manifest(manifest, layout, writer, final=False)  # watchers see the run at once
             reporter.aoi_started(
@@ -365,6 +367,8 @@ def run_aoi(
         if job.with_stac_items:
             resumed = [c.chip_id for c in catalog.chips if c.chip_id in done]
             write_items_of_resumed_chips(client, job, resumed, manifest, stats)
+        stale = remove_stale_outputs(earlier, manifest, footprints, config, layout, writer)
+        manifest.superseded = []
         write_manifest(manifest, layout, writer, final=True)
         if not write_folds(manifest, catalog, config, layout, writer):
             reporter.notice(
@@ -374,7 +378,6 @@ def run_aoi(
         write_stac_collection(manifest, footprints, config, layout, writer)
         if stats.histogram is None:  # a per-chip stretch: an earlier run's AOI histogram would lie
             writer.remove(layout.histograms_url)
-        stale = remove_stale_outputs(previous, manifest, footprints, config, layout, writer)
         if stale:
             reporter.notice(
                 f"{catalog.aoi}: removed {len(stale)} output(s) of an earlier run that the manifest "
@@ -791,56 +794,70 @@ def write_items_of_resumed_chips(
     client.gather(client.map(write_items_of_done_chips, batches, job=job, pure=False))
 
 
+def earlier_outputs(previous: Manifest | ManifestError | None, layout: AoiLayout) -> list[str]:
+    """What earlier runs made in this AOI's folder as the previous manifest records it
+    (paths relative to the folder): its chips' GeoTIFFs and STAC Items, its collection, its
+    Zarr store, and what that run had itself taken over (`Manifest.superseded`). Only
+    paths of the shapes sn5dask gives its outputs: never the manifest, the lock, a store's
+    chunk, a folder or a path leaving the AOI's folder, whatever a manifest says."""
+    if not isinstance(previous, Manifest):
+        return []
+    listed = set(previous.superseded)
+    for chip_id, entry in previous.chips.items():
+        listed.update(path for kind, path in entry.file_outputs().items() if kind in (RGB_OUTPUT, *MASK_KINDS))
+        if ZARR_OUTPUT in entry.outputs:
+            listed.add(layout.zarr_relpath)
+        if RGB_OUTPUT in entry.outputs:
+            listed.update((stac.item_relpath(chip_id), stac.item_relpath(chip_id, label=True), stac.COLLECTION_NAME))
+    return sorted(path for path in listed if _is_output_path(path, layout))
+
+
+def _is_output_path(relpath: object, layout: AoiLayout) -> bool:
+    if not isinstance(relpath, str) or posixpath.normpath(relpath) != relpath:
+        return False
+    if relpath in (stac.COLLECTION_NAME, layout.zarr_relpath):
+        return True
+    name = posixpath.basename(relpath)
+    if name in ("", ".", ".."):
+        return False
+    shapes = {layout.rgb_relpath(name), stac.item_relpath(name.removesuffix(".json"))}
+    shapes.update(layout.mask_relpath(kind, name) for kind in MASK_KINDS)
+    return relpath in shapes
+
+
 def remove_stale_outputs(
-    previous: Manifest | ManifestError | None,
+    earlier: list[str],
     manifest: Manifest,
     footprints: dict[str, tuple[float, float, float, float]],
     config: RunConfig,
     layout: AoiLayout,
     writer: OutputWriter,
 ) -> list[str]:
-    """Delete what the previous manifest listed (its chips' files and STAC items, its Zarr
-    store, its collection) that the final manifest of this run does not, so that OUT, the
-    manifest, folds.csv and the catalog agree; returns the URLs removed. Only files an
-    sn5dask manifest recorded are touched, and only inside this AOI's output folder (a
-    listed path escaping it is left alone): never an input, never a file nobody listed."""
-    if not isinstance(previous, Manifest):
-        return []
+    """Delete what earlier runs made (`earlier_outputs`) that this run's final manifest
+    does not list, so that OUT, the manifest, folds.csv and the catalog agree; returns the
+    URLs removed. Only what an sn5dask manifest recorded is touched: never an input, never
+    a file nobody listed."""
     keep: set[str] = set()
     for chip_id, entry in manifest.chips.items():
-        keep.update(entry.file_outputs().values())
+        keep.update(posixpath.normpath(path) for path in entry.file_outputs().values())
         if "geotiff" in config.formats and stac.has_items(entry, footprints.get(chip_id)):
             keep.add(stac.item_relpath(chip_id))
             if stac.mask_outputs(entry):
                 keep.add(stac.item_relpath(chip_id, label=True))
-    listed: set[str] = set()
-    had_zarr = False
-    for chip_id, entry in previous.chips.items():
-        for kind, relpath in entry.file_outputs().items():
-            # only a path of the shape sn5dask gives that kind: never the manifest, the
-            # lock, a store's chunk or a folder, whatever a manifest says
-            name = posixpath.basename(relpath)
-            shaped = layout.rgb_relpath(name) if kind == RGB_OUTPUT else layout.mask_relpath(kind, name)
-            if kind in (RGB_OUTPUT, *MASK_KINDS) and posixpath.normpath(relpath) == shaped:
-                listed.add(shaped)
-        had_zarr = had_zarr or ZARR_OUTPUT in entry.outputs
-        if "rgb" in entry.outputs:
-            listed.update((stac.item_relpath(chip_id), stac.item_relpath(chip_id, label=True)))
-    keep = {posixpath.normpath(relpath) for relpath in keep}
-    if "geotiff" not in config.formats:
-        listed.add(stac.COLLECTION_NAME)
+    if "geotiff" in config.formats:
+        keep.add(stac.COLLECTION_NAME)
+    if "zarr" in config.formats:
+        keep.add(layout.zarr_relpath)
     removed = []
-    for relpath in sorted(listed - keep):
-        try:
-            url = layout.url(relpath)
-        except ValueError:  # a tampered manifest's path outside OUT: not ours to delete
-            continue
-        if writer.exists(url):
+    for relpath in sorted(set(earlier) - keep):
+        url = layout.url(relpath)
+        if relpath == layout.zarr_relpath:
+            if files.exists(url):
+                files.remove_tree(url)
+                removed.append(url)
+        elif writer.exists(url):
             writer.remove(url)
             removed.append(url)
-    if had_zarr and "zarr" not in config.formats and files.exists(layout.zarr_url):
-        files.remove_tree(layout.zarr_url)
-        removed.append(layout.zarr_url)
     return removed
 
 
