@@ -575,6 +575,16 @@ def test_a_changed_run_stopped_midway_leaves_nothing_unlisted_once_resumed(clien
     continuous = sorted((folder / "masks" / "continuous").glob("*.tif"))
     assert len(continuous) == 4 and (folder / "AOI_99_Synthetic.zarr").is_dir()
 
+    # a plain resume carries on only what its manifest does not list yet: the redone chip's
+    rgb = folder / json.loads((folder / "manifest.json").read_text())["chips"]["chip2"]["outputs"]["rgb"]
+    rgb.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        sn5dask.run(config(formats="geotiff,zarr", masks="binary,continuous"), client=client,
+                    reporter=StopAfterOneChip())  # fmt: skip
+    superseded = json.loads((folder / "manifest.json").read_text())["superseded"]
+    assert len(superseded) == 5 and all("chip2" in path for path in superseded), superseded
+    assert sn5dask.run(config(formats="geotiff,zarr", masks="binary,continuous"), client=client).exit_code == 0
+
     with pytest.raises(KeyboardInterrupt):
         sn5dask.run(config(formats="geotiff", masks="binary", overwrite=True), client=client,
                     reporter=StopAfterOneChip())  # fmt: skip

@@ -337,7 +337,8 @@ def run_aoi(
             folds = chip_folds(catalog, stats, config)
             write_stats(layout, writer, catalog, config, stats, params, footprints, workers_checked)
             manifest = start_manifest(config, catalog, params, stats, done)
-            manifest.superseded = earlier  # removed at the end; a resume carries them on
+            # what the manifest does not list yet: removed at the end, carried on by a resume
+            manifest.superseded = sorted(set(earlier) - listed_outputs(manifest, footprints, config, layout))
             todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
             write_manifest(manifest, layout, writer, final=False)  # watchers see the run at once
             reporter.aoi_started(
@@ -825,6 +826,28 @@ def _is_output_path(relpath: object, layout: AoiLayout) -> bool:
     return relpath in shapes
 
 
+def listed_outputs(
+    manifest: Manifest,
+    footprints: dict[str, tuple[float, float, float, float]],
+    config: RunConfig,
+    layout: AoiLayout,
+) -> set[str]:
+    """What this run's `manifest` lists or makes besides its chips' files (paths relative
+    to the AOI folder): the chips' GeoTIFFs, their STAC Items, the collection, the store."""
+    listed: set[str] = set()
+    for chip_id, entry in manifest.chips.items():
+        listed.update(posixpath.normpath(path) for path in entry.file_outputs().values())
+        if "geotiff" in config.formats and stac.has_items(entry, footprints.get(chip_id)):
+            listed.add(stac.item_relpath(chip_id))
+            if stac.mask_outputs(entry):
+                listed.add(stac.item_relpath(chip_id, label=True))
+    if "geotiff" in config.formats:
+        listed.add(stac.COLLECTION_NAME)
+    if "zarr" in config.formats:
+        listed.add(layout.zarr_relpath)
+    return listed
+
+
 def remove_stale_outputs(
     earlier: list[str],
     manifest: Manifest,
@@ -837,17 +860,7 @@ def remove_stale_outputs(
     does not list, so that OUT, the manifest, folds.csv and the catalog agree; returns the
     URLs removed. Only what an sn5dask manifest recorded is touched: never an input, never
     a file nobody listed."""
-    keep: set[str] = set()
-    for chip_id, entry in manifest.chips.items():
-        keep.update(posixpath.normpath(path) for path in entry.file_outputs().values())
-        if "geotiff" in config.formats and stac.has_items(entry, footprints.get(chip_id)):
-            keep.add(stac.item_relpath(chip_id))
-            if stac.mask_outputs(entry):
-                keep.add(stac.item_relpath(chip_id, label=True))
-    if "geotiff" in config.formats:
-        keep.add(stac.COLLECTION_NAME)
-    if "zarr" in config.formats:
-        keep.add(layout.zarr_relpath)
+    keep = listed_outputs(manifest, footprints, config, layout)
     removed = []
     for relpath in sorted(set(earlier) - keep):
         url = layout.url(relpath)
