@@ -576,13 +576,16 @@ def test_a_changed_run_stopped_midway_leaves_nothing_unlisted_once_resumed(clien
     assert len(continuous) == 4 and (folder / "AOI_99_Synthetic.zarr").is_dir()
 
     # a plain resume carries on only what its manifest does not list yet: the redone chip's
+    # files, and the store and collection (which no chip of a manifest saved at once lists)
     rgb = folder / json.loads((folder / "manifest.json").read_text())["chips"]["chip2"]["outputs"]["rgb"]
     rgb.unlink()
     with pytest.raises(KeyboardInterrupt):
         sn5dask.run(config(formats="geotiff,zarr", masks="binary,continuous"), client=client,
                     reporter=StopAfterOneChip())  # fmt: skip
     superseded = json.loads((folder / "manifest.json").read_text())["superseded"]
-    assert len(superseded) == 5 and all("chip2" in path for path in superseded), superseded
+    aoi_level = {"AOI_99_Synthetic.zarr", "collection.json"}
+    assert len(superseded) == 7 and aoi_level < set(superseded), superseded
+    assert all("chip2" in path for path in set(superseded) - aoi_level), superseded
     assert sn5dask.run(config(formats="geotiff,zarr", masks="binary,continuous"), client=client).exit_code == 0
 
     with pytest.raises(KeyboardInterrupt):
@@ -601,6 +604,50 @@ def test_a_changed_run_stopped_midway_leaves_nothing_unlisted_once_resumed(clien
     made = {p for p in folder.rglob("*.tif")}
     assert made == listed and len(made) == 4 * 2
     assert not (folder / "AOI_99_Synthetic.zarr").exists()
+
+
+@pytest.mark.parametrize("stopped, then, gone", [
+    (dict(formats="geotiff,zarr", masks="binary"), dict(formats="geotiff"), "AOI_99_Synthetic.zarr"),
+    (dict(formats="geotiff"), dict(formats="zarr"), "collection.json"),
+])  # fmt: skip
+def test_a_changed_run_stopped_before_any_chip_hands_on_the_store_and_collection(
+    client, tmp_path, stopped, then, gone
+) -> None:
+    """A re-run with other parameters stopped before its first chip lists no chip, so its
+    manifest alone must say that the earlier run's Zarr store and STAC collection are
+    there: the next run with other parameters removes the one it does not make (and a
+    folder where an output file would be is left alone)."""
+    import sn5dask
+    from sn5dask.config import load_config
+    from sn5dask.outputs.validate import validate_output
+    from sn5dask.runner.pipeline import LogReporter
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=3, size=64, seed=6, with_edge_cases=False)
+    out = tmp_path / "out"
+    folder = out / "AOI_99_Synthetic"
+
+    def config(**options):
+        return load_config(None, root=str(aoi.root), out=str(out), **options)
+
+    class StopAtStart(LogReporter):
+        def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
+            raise KeyboardInterrupt  # as Ctrl-C in the client
+
+    assert sn5dask.run(config(formats="geotiff,zarr", masks="binary,continuous"), client=client).exit_code == 0
+    assert (folder / "AOI_99_Synthetic.zarr").is_dir() and (folder / "collection.json").is_file()
+    with pytest.raises(KeyboardInterrupt):
+        sn5dask.run(config(overwrite=True, **stopped), client=client, reporter=StopAtStart())
+    assert gone in json.loads((folder / "manifest.json").read_text())["superseded"]
+    (folder / "PS-RGB" / "chip9.tif").mkdir()  # a folder of the user's, named like an output
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["superseded"].append("PS-RGB/chip9.tif")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+    assert sn5dask.run(config(overwrite=True, **then), client=client).exit_code == 0
+    assert not (folder / gone).exists() and (folder / "PS-RGB" / "chip9.tif").is_dir()
+    assert (out / "catalog.json").exists() == ("geotiff" in then["formats"])
+    assert validate_output(str(out)).ok
 
 
 def test_a_resumed_run_writes_the_items_of_chips_done_before_again(client, tmp_path) -> None:

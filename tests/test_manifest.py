@@ -119,3 +119,10 @@ def test_earlier_outputs_are_only_paths_of_sn5dasks_output_shapes() -> None:
         "stac/chip1.json", "stac/chip9-label.json",
     ]
     assert earlier_outputs(None, LAYOUT) == [] and earlier_outputs(ManifestError("damaged"), LAYOUT) == []
+
+
+def test_a_damaged_superseded_list_loses_its_entries_not_the_manifest() -> None:
+    document = json.loads(json.dumps(manifest(chip0={"status": "ok"}).as_json()))
+    for value, kept in ((None, []), ("PS-RGB/a.tif", []), ([1, "PS-RGB/a.tif", None], ["PS-RGB/a.tif"])):
+        document["superseded"] = value
+        assert Manifest.parse(document, "m.json").superseded == kept

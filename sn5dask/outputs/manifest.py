@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sn5dask.errors import ManifestError, ParamsChangedError
 from sn5dask.outputs.layout import ZARR_OUTPUT, AoiLayout, ZarrRef
@@ -124,6 +124,13 @@ class Manifest(BaseModel):
     #: A run that stops before carries them on to its resume, so an interrupted run with
     #: other parameters never leaves files that no record lists.
     superseded: list[str] = Field(default_factory=list)
+
+    @field_validator("superseded", mode="before")
+    @classmethod
+    def _paths_only(cls, value: Any) -> list[str]:
+        """A damaged list loses its entries, not the whole manifest: what it names is only
+        ever removed after a check of its shape (pipeline.earlier_outputs)."""
+        return [path for path in value if isinstance(path, str)] if isinstance(value, list) else []
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = dict.fromkeys(STATUSES, 0)

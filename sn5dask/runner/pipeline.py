@@ -337,8 +337,7 @@ def run_aoi(
             folds = chip_folds(catalog, stats, config)
             write_stats(layout, writer, catalog, config, stats, params, footprints, workers_checked)
             manifest = start_manifest(config, catalog, params, stats, done)
-            # what the manifest does not list yet: removed at the end, carried on by a resume
-            manifest.superseded = sorted(set(earlier) - listed_outputs(manifest, footprints, config, layout))
+            manifest.superseded = not_listed_yet(earlier, manifest, footprints, config, layout)
             todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
             write_manifest(manifest, layout, writer, final=False)  # watchers see the run at once
             reporter.aoi_started(
@@ -813,8 +812,8 @@ def earlier_outputs(previous: Manifest | ManifestError | None, layout: AoiLayout
     return sorted(path for path in listed if _is_output_path(path, layout))
 
 
-def _is_output_path(relpath: object, layout: AoiLayout) -> bool:
-    if not isinstance(relpath, str) or posixpath.normpath(relpath) != relpath:
+def _is_output_path(relpath: str, layout: AoiLayout) -> bool:
+    if posixpath.normpath(relpath) != relpath:
         return False
     if relpath in (stac.COLLECTION_NAME, layout.zarr_relpath):
         return True
@@ -848,6 +847,21 @@ def listed_outputs(
     return listed
 
 
+def not_listed_yet(
+    earlier: list[str],
+    manifest: Manifest,
+    footprints: dict[str, tuple[float, float, float, float]],
+    config: RunConfig,
+    layout: AoiLayout,
+) -> list[str]:
+    """What earlier runs made that a run's starting `manifest` does not list: removed at
+    its end unless listed by then, and carried on by its resume if it stops before. The
+    collection and the Zarr store are always carried: until a chip lists them, the
+    manifest saved says nothing of them."""
+    listed = listed_outputs(manifest, footprints, config, layout) - {stac.COLLECTION_NAME, layout.zarr_relpath}
+    return [path for path in earlier if path not in listed]
+
+
 def remove_stale_outputs(
     earlier: list[str],
     manifest: Manifest,
@@ -861,14 +875,16 @@ def remove_stale_outputs(
     URLs removed. Only what an sn5dask manifest recorded is touched: never an input, never
     a file nobody listed."""
     keep = listed_outputs(manifest, footprints, config, layout)
+    stale = sorted(set(earlier) - keep)
+    present = writer.file_sizes(layout.folder, skip=layout.zarr_url) if stale else {}  # files only, one listing
     removed = []
-    for relpath in sorted(set(earlier) - keep):
+    for relpath in stale:
         url = layout.url(relpath)
         if relpath == layout.zarr_relpath:
             if files.exists(url):
                 files.remove_tree(url)
                 removed.append(url)
-        elif writer.exists(url):
+        elif url in present:
             writer.remove(url)
             removed.append(url)
     return removed
