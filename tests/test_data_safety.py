@@ -549,22 +549,29 @@ def test_a_changed_run_leaves_no_output_its_records_do_not_list(client, tmp_path
     shutil.rmtree(out)
 
 
+def small_aoi_runs(tmp_path: Path, n_chips: int, seed: int):
+    """OUT, its AOI folder, and a maker of run configs over a small synthetic AOI."""
+    from sn5dask.config import load_config
+    from sn5dask.synthetic import make_synthetic_aoi
+
+    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=n_chips, size=64, seed=seed, with_edge_cases=False)
+    out = tmp_path / "out"
+
+    def config(**options):
+        return load_config(None, root=str(aoi.root), out=str(out), **options)
+
+    return out, out / "AOI_99_Synthetic", config
+
+
 def test_a_changed_run_stopped_midway_leaves_nothing_unlisted_once_resumed(client, tmp_path) -> None:
     """A re-run with other parameters (--overwrite: the binary mask only, no more Zarr)
     stopped after its first chip: its manifest carries on what the earlier run made, and
     the resume (the same new parameters, no --overwrite) removes every output that no
     record lists: the continuous masks, the other chips' Zarr store."""
     import sn5dask
-    from sn5dask.config import load_config
     from sn5dask.runner.pipeline import LogReporter
-    from sn5dask.synthetic import make_synthetic_aoi
 
-    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=4, size=64, seed=5, with_edge_cases=False)
-    out = tmp_path / "out"
-    folder = out / "AOI_99_Synthetic"
-
-    def config(**options):
-        return load_config(None, root=str(aoi.root), out=str(out), **options)
+    out, folder, config = small_aoi_runs(tmp_path, n_chips=4, seed=5)
 
     class StopAfterOneChip(LogReporter):
         def chip_finished(self, aoi: str, result) -> None:
@@ -618,17 +625,10 @@ def test_a_changed_run_stopped_before_any_chip_hands_on_the_store_and_collection
     there: the next run with other parameters removes the one it does not make (and a
     folder where an output file would be is left alone)."""
     import sn5dask
-    from sn5dask.config import load_config
     from sn5dask.outputs.validate import validate_output
     from sn5dask.runner.pipeline import LogReporter
-    from sn5dask.synthetic import make_synthetic_aoi
 
-    aoi = make_synthetic_aoi(tmp_path / "in", n_chips=3, size=64, seed=6, with_edge_cases=False)
-    out = tmp_path / "out"
-    folder = out / "AOI_99_Synthetic"
-
-    def config(**options):
-        return load_config(None, root=str(aoi.root), out=str(out), **options)
+    out, folder, config = small_aoi_runs(tmp_path, n_chips=3, seed=6)
 
     class StopAtStart(LogReporter):
         def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
