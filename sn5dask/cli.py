@@ -408,7 +408,7 @@ def _check_workers_see(client: Any, out: str) -> None:
     """A local OUT that a cluster's workers do not see would be reported as every file
     missing: refuse it in one line instead."""
     from sn5dask.io import files
-    from sn5dask.runner.pipeline import workers_not_seeing
+    from sn5dask.runner.preflight import workers_not_seeing
 
     out = files.normalise_location(out)
     if not files.is_local(out):

@@ -105,7 +105,7 @@ def test_earlier_outputs_are_only_paths_of_sn5dasks_output_shapes() -> None:
     """What a manifest says earlier runs made, and may be removed at the end of a run:
     never the manifest, stats, the lock, a folder, a chunk or a path leaving the AOI folder,
     whatever a damaged or edited manifest lists."""
-    from sn5dask.runner.pipeline import earlier_outputs
+    from sn5dask.outputs.stale import earlier_outputs
 
     m = manifest(chip0={"status": "ok", "outputs": {"rgb": "PS-RGB/a.tif", "binary": "masks/binary/a.tif",
                                                     "zarr": "AOI_7_Moscow.zarr#0"}},

@@ -129,7 +129,7 @@ class Manifest(BaseModel):
     @classmethod
     def _paths_only(cls, value: Any) -> list[str]:
         """A damaged list loses its entries, not the whole manifest: what it names is only
-        ever removed after a check of its shape (pipeline.earlier_outputs)."""
+        ever removed after a check of its shape (stale.earlier_outputs)."""
         return [path for path in value if isinstance(path, str)] if isinstance(value, list) else []
 
     def counts(self) -> dict[str, int]:

@@ -2,8 +2,10 @@
 -> chips -> manifest, with resume, fault isolation and progress.
 
 `run_aoi` reads as those steps; the graphs it computes are built in `graph` (pure), the
-resume rules live with the manifest model (`manifest`), every path comes from `layout`,
-and every read and write goes through the `chipio` seams (fakes in `sn5dask.testing`).
+checks before any chip task are in `preflight`, the resume record is read and written in
+`resume` (its rules live with the manifest model, `manifest`), what earlier runs left is
+reconciled in `outputs.stale`, every path comes from `layout`, and every read and write
+goes through the `chipio` seams (fakes in `sn5dask.testing`).
 Results are consumed with `as_completed`, so the manifest grows as chips finish and an
 interrupted run resumes where it stopped.
 """
@@ -15,7 +17,6 @@ import io
 import json
 import logging
 import os
-import posixpath
 import time
 import uuid
 from concurrent.futures import CancelledError
@@ -30,16 +31,9 @@ from distributed import Client, as_completed
 from sn5dask.config import RunConfig
 from sn5dask.core.folds import folds_csv, spatial_folds
 from sn5dask.core.stretch import band_cut
-from sn5dask.errors import (
-    ConfigError,
-    ManifestError,
-    ParamsChangedError,
-    SchedulerLostError,
-    VersionSkewError,
-    Sn5daskError,
-)
+from sn5dask.errors import ConfigError, SchedulerLostError, VersionSkewError
 from sn5dask.io import files
-from sn5dask.io.catalog import AoiCatalog, ChipRecord, discover, input_folders
+from sn5dask.io.catalog import AoiCatalog, ChipRecord, discover
 from sn5dask.io.chipio import (
     ChipReader,
     FileWriter,
@@ -50,9 +44,9 @@ from sn5dask.io.chipio import (
 )
 from sn5dask.io.lock import RunLock
 from sn5dask.outputs import stac
-from sn5dask.core.encodings import MASK_KINDS
-from sn5dask.outputs.layout import RGB_OUTPUT, ZARR_OUTPUT, AoiLayout, layouts_under, output_overlaps_input
-from sn5dask.outputs.manifest import ChipEntry, Manifest, OutputState
+from sn5dask.outputs.layout import AoiLayout, layouts_under
+from sn5dask.outputs.manifest import ChipEntry, Manifest
+from sn5dask.outputs.stale import earlier_outputs, not_listed_yet, remove_stale_outputs
 from sn5dask.runner.aoistats import AoiStats
 from sn5dask.runner.chiptask import ChipJob, ChipResult
 from sn5dask.runner.cluster import (
@@ -65,6 +59,13 @@ from sn5dask.runner.cluster import (
 from sn5dask.runner.graph import chip_tasks, scan_graph
 from sn5dask.runner.chiptask import write_items_of_done_chips
 from sn5dask.runner.versioncheck import WorkerVersions, raise_found
+from sn5dask.runner.preflight import (
+    check_bands_exist,
+    check_outputs_apart_from_inputs,
+    check_workers_reach_s3,
+    check_workers_see_local_paths,
+)
+from sn5dask.runner.resume import read_previous_manifest, resumable_chips, start_manifest, write_manifest
 from sn5dask.versions import versions
 
 log = logging.getLogger("sn5dask")
@@ -204,97 +205,6 @@ def remove_unused_aoi_folder(layout: AoiLayout) -> None:
             files.remove_empty_folder(layout.folder)
 
 
-def check_workers_see_local_paths(
-    client: Client, config: RunConfig, catalogs: list[AoiCatalog]
-) -> None:
-    """Refuse, before any chip task, a local ROOT or OUT that the workers of a cluster
-    sn5dask did not start cannot see (a real cluster shares no filesystem with the
-    client: chips would fail one by one with "No such file", and outputs would land on
-    the workers' own disks where nobody looks). The client writes a probe file into OUT
-    and every worker looks for it; every worker looks for the first chip of ROOT."""
-    checks: list[tuple[str, str, str]] = []  # (flag, the client's path, a file in it)
-    probe = None
-    if files.is_local(config.out):
-        files.makedirs(config.out)
-        probe = os.path.join(config.out, f".sn5dask-probe-{uuid.uuid4().hex}")
-        with open(probe, "wb"):
-            pass
-        checks.append(("--out", config.out, probe))
-    chips = [chip for catalog in catalogs for chip in catalog.chips[:1]]
-    if files.is_local(config.root) and chips:
-        checks.append(("ROOT", config.root, chips[0].image))
-    try:
-        for flag, path, marker in checks:
-            blind, total = workers_not_seeing(client, marker)
-            if blind:
-                raise ConfigError(
-                    f"{flag} {path} is a folder on this machine that {len(blind)} of "
-                    f"{total} workers (e.g. {blind[0]}) do not see: give an s3:// URL, "
-                    "or a folder every worker mounts at the same path"
-                )
-    finally:
-        if probe is not None:
-            os.remove(probe)
-
-
-def check_workers_reach_s3(client: Client, config: RunConfig, catalogs: list[AoiCatalog]) -> None:
-    """Refuse, before any chip task, an `s3://` ROOT or OUT that a worker of a cluster
-    sn5dask did not start cannot reach with its own settings (its environment may lack
-    the AWS_ENDPOINT_URL of a MinIO or moto server, a region or credentials: every chip
-    would then fail after botocore's retries). Settings are not sent to workers (they may
-    hold secrets, and a cluster is configured where it runs): one line names the worker,
-    the problem, and the settings that differ from the client's."""
-    checks: list[tuple[str, str, str | None]] = []  # (flag, URL, probe object name or None)
-    if config.out.startswith("s3://"):
-        checks.append(("--out", config.out, f".sn5dask-probe-{uuid.uuid4().hex}"))
-    chips = [chip for catalog in catalogs for chip in catalog.chips[:1]]
-    if config.root.startswith("s3://") and chips:
-        checks.append(("ROOT", chips[0].image, None))
-    if not checks:
-        return
-    mine = files.s3_settings()
-    for flag, url, probe in checks:
-        problems = client.run(files.s3_reach_problem, url, probe, on_error="return")
-        failing = sorted((w, p) for w, p in problems.items() if p is not None)
-        if not failing:
-            continue
-        worker, problem = failing[0]
-        theirs = client.run(files.s3_settings, workers=[worker], on_error="return").get(worker)
-        differ = ""
-        if isinstance(theirs, dict):
-            names = [name for name in mine if theirs.get(name) != mine[name]]
-            differ = "; ".join(
-                f"{name} is {mine[name] or 'not set'} here, {theirs.get(name) or 'not set'} there"
-                if name != "credentials"
-                else f"credentials {'found (' + str(mine[name]) + ')' if mine[name] else 'none'} here, "
-                f"{'found (' + str(theirs.get(name)) + ')' if theirs.get(name) else 'none'} there"
-                for name in names
-            )
-        raise ConfigError(
-            f"{flag} {url}: {len(failing)} of {len(problems)} workers (e.g. {worker}) cannot "
-            f"reach it ({str(problem)[:200]})"
-            + (f"; {differ}" if differ else "")
-            + ". Set the same S3 settings in the workers' environment (README: Clusters and S3)"
-        )
-
-
-def workers_not_seeing(client: Client, path: str) -> tuple[list[str], int]:
-    """The workers on which a local `path` does not exist (sorted), and how many there are."""
-    seen = client.run(os.path.exists, path, on_error="return")
-    return sorted(worker for worker, found in seen.items() if found is not True), len(seen)
-
-
-def check_outputs_apart_from_inputs(config: RunConfig, catalogs: list[AoiCatalog]) -> None:
-    """Refuse (before any cluster starts) an OUT whose outputs could overwrite inputs."""
-    for catalog in catalogs:
-        problem = output_overlaps_input(config.out, catalog.aoi, input_folders(catalog))
-        if problem:
-            raise ConfigError(
-                f"--out {config.out}: {problem}; outputs there could overwrite inputs. "
-                "Choose an --out outside the dataset's AOI folders"
-            )
-
-
 def run_aoi(
     client: Client,
     config: RunConfig,
@@ -337,7 +247,7 @@ def run_aoi(
             folds = chip_folds(catalog, stats, config)
             write_stats(layout, writer, catalog, config, stats, params, footprints, workers_checked)
             manifest = start_manifest(config, catalog, params, stats, done)
-            manifest.superseded = not_listed_yet(earlier, manifest, footprints, config, layout)
+            manifest.superseded = not_listed_yet(earlier, manifest, footprints, config.formats, layout)
             todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
             write_manifest(manifest, layout, writer, final=False)  # watchers see the run at once
             reporter.aoi_started(
@@ -367,7 +277,7 @@ def run_aoi(
         if job.with_stac_items:
             resumed = [c.chip_id for c in catalog.chips if c.chip_id in done]
             write_items_of_resumed_chips(client, job, resumed, manifest, stats)
-        stale = remove_stale_outputs(earlier, manifest, footprints, config, layout, writer)
+        stale = remove_stale_outputs(earlier, manifest, footprints, config.formats, layout, writer)
         manifest.superseded = []
         write_manifest(manifest, layout, writer, final=True)
         if not write_folds(manifest, catalog, config, layout, writer):
@@ -426,72 +336,6 @@ def record_orphan_labels(
     return summary
 
 
-def read_previous_manifest(layout: AoiLayout, writer: OutputWriter) -> Manifest | ManifestError | None:
-    """The previous run's manifest; None when there is none; the `ManifestError` when one
-    exists but cannot be read or parsed (what that means is decided with the params)."""
-    try:
-        document = read_json(writer, layout.manifest_url)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        return ManifestError(f"{layout.manifest_url}: unreadable ({exc})")
-    try:
-        return Manifest.parse(document, layout.manifest_url)
-    except ManifestError as exc:
-        return exc
-
-
-def resumable_chips(
-    previous: Manifest | ManifestError | None,
-    params: dict[str, Any],
-    config: RunConfig,
-    catalog: AoiCatalog,
-    layout: AoiLayout,
-    writer: OutputWriter,
-) -> dict[str, ChipEntry]:
-    """The chips a re-run may skip, verified against what is on disk; raises when the
-    previous outputs were made with other params (or cannot be told apart from such)."""
-    if previous is None or config.overwrite:
-        return {}
-    if isinstance(previous, ManifestError):
-        check_damaged_manifest(previous, params, layout, writer)
-        return {}
-    previous.check_params(params, layout.manifest_url)
-    state = OutputState(
-        file_sizes=writer.file_sizes(layout.folder, skip=layout.zarr_url),
-        zarr_chips=writer.zarr_written_chips(layout.zarr_url) if "zarr" in config.formats else frozenset(),
-    )
-    return previous.done_entries(params, {c.chip_id: c for c in catalog.chips}, layout, state)
-
-
-def check_damaged_manifest(
-    damage: ManifestError, params: dict[str, Any], layout: AoiLayout, writer: OutputWriter
-) -> None:
-    """A damaged manifest is not "no previous run": stats.json, or outputs on disk, may say
-    a run with other parameters happened. Stop unless they show the same parameters."""
-    try:
-        stats = read_json(writer, layout.stats_url)
-        old_params = stats["params"]
-        if not isinstance(old_params, dict):
-            raise ValueError("params is not a mapping")
-    except (OSError, ValueError, KeyError, TypeError):
-        ours = {layout.manifest_url, layout.stats_url, layout.lock_url}
-        outputs = [url for url in writer.file_sizes(layout.folder) if url not in ours]
-        if outputs:
-            raise ConfigError(
-                f"{damage}; with no readable {layout.stats_url} nothing tells how the "
-                f"{len(outputs)} file(s) in {layout.folder} were made. Re-run with --overwrite "
-                "to redo them, or choose another --out"
-            ) from None
-        log.warning("%s; no outputs found: every chip will be made", damage)
-        return
-    try:
-        Manifest(aoi=layout.aoi, params=old_params).check_params(params, layout.stats_url)
-    except ParamsChangedError as exc:
-        raise ParamsChangedError(f"{damage}; {exc}") from None
-    log.warning("%s; stats.json shows the same parameters: every chip will be redone", damage)
-
-
 def scan_aoi(
     client: Client,
     catalog: AoiCatalog,
@@ -517,19 +361,6 @@ def scan_aoi(
     with workers_checked.watched([future]):  # a worker that joins is checked before it can hang this
         stats: AoiStats = future.result()
     return stats
-
-
-def check_bands_exist(config: RunConfig, catalog: AoiCatalog, stats: AoiStats) -> None:
-    """When no chip of the AOI has the bands `--bands` asks for, that is the user's choice
-    to fix (one line, exit 2), not a failure of every chip."""
-    if stats.headers or not stats.band_counts:
-        return
-    counts = sorted(set(stats.band_counts.values()))
-    raise ConfigError(
-        f"--bands {','.join(map(str, config.bands))}: the chips of {catalog.aoi} have "
-        f"{' or '.join(map(str, counts))} band(s) (e.g. {catalog.chips[0].image}); "
-        f"choose bands between 1 and {max(counts)}"
-    )
 
 
 def run_params(config: RunConfig, catalog: AoiCatalog, stats: AoiStats) -> dict[str, Any]:
@@ -601,25 +432,6 @@ def write_stats(
         buffer = io.BytesIO()
         np.savez_compressed(buffer, bands=np.array(stats.bands), histogram=stats.histogram)
         writer.write_bytes(layout.histograms_url, buffer.getvalue())
-
-
-def start_manifest(
-    config: RunConfig,
-    catalog: AoiCatalog,
-    params: dict[str, Any],
-    stats: AoiStats,
-    done: dict[str, ChipEntry],
-) -> Manifest:
-    """The new manifest: done chips carried over, chips the scan could not read failed."""
-    manifest = Manifest(
-        aoi=catalog.aoi, params=params, root=config.root, orphan_labels=catalog.orphan_labels
-    )
-    for chip in catalog.chips:
-        if chip.chip_id in done:
-            manifest.chips[chip.chip_id] = done[chip.chip_id]
-        elif chip.chip_id in stats.errors:
-            manifest.chips[chip.chip_id] = ChipResult.failed(chip, stats.errors[chip.chip_id]).entry
-    return manifest
 
 
 def aoi_cuts(config: RunConfig, stats: AoiStats) -> tuple[Any, ...] | None:
@@ -794,102 +606,6 @@ def write_items_of_resumed_chips(
     client.gather(client.map(write_items_of_done_chips, batches, job=job, pure=False))
 
 
-def earlier_outputs(previous: Manifest | ManifestError | None, layout: AoiLayout) -> list[str]:
-    """What earlier runs made in this AOI's folder as the previous manifest records it
-    (paths relative to the folder): its chips' GeoTIFFs and STAC Items, its collection, its
-    Zarr store, and what that run had itself taken over (`Manifest.superseded`). Only
-    paths of the shapes sn5dask gives its outputs: never the manifest, the lock, a store's
-    chunk, a folder or a path leaving the AOI's folder, whatever a manifest says."""
-    if not isinstance(previous, Manifest):
-        return []
-    listed = set(previous.superseded)
-    for chip_id, entry in previous.chips.items():
-        listed.update(path for kind, path in entry.file_outputs().items() if kind in (RGB_OUTPUT, *MASK_KINDS))
-        if ZARR_OUTPUT in entry.outputs:
-            listed.add(layout.zarr_relpath)
-        if RGB_OUTPUT in entry.outputs:
-            listed.update((stac.item_relpath(chip_id), stac.item_relpath(chip_id, label=True), stac.COLLECTION_NAME))
-    return sorted(path for path in listed if _is_output_path(path, layout))
-
-
-def _is_output_path(relpath: str, layout: AoiLayout) -> bool:
-    if posixpath.normpath(relpath) != relpath:
-        return False
-    if relpath in (stac.COLLECTION_NAME, layout.zarr_relpath):
-        return True
-    name = posixpath.basename(relpath)
-    if name in ("", ".", ".."):
-        return False
-    shapes = {layout.rgb_relpath(name), stac.item_relpath(name.removesuffix(".json"))}
-    shapes.update(layout.mask_relpath(kind, name) for kind in MASK_KINDS)
-    return relpath in shapes
-
-
-def listed_outputs(
-    manifest: Manifest,
-    footprints: dict[str, tuple[float, float, float, float]],
-    config: RunConfig,
-    layout: AoiLayout,
-) -> set[str]:
-    """What this run's `manifest` lists or makes besides its chips' files (paths relative
-    to the AOI folder): the chips' GeoTIFFs, their STAC Items, the collection, the store."""
-    listed: set[str] = set()
-    for chip_id, entry in manifest.chips.items():
-        listed.update(posixpath.normpath(path) for path in entry.file_outputs().values())
-        if "geotiff" in config.formats and stac.has_items(entry, footprints.get(chip_id)):
-            listed.add(stac.item_relpath(chip_id))
-            if stac.mask_outputs(entry):
-                listed.add(stac.item_relpath(chip_id, label=True))
-    if "geotiff" in config.formats:
-        listed.add(stac.COLLECTION_NAME)
-    if "zarr" in config.formats:
-        listed.add(layout.zarr_relpath)
-    return listed
-
-
-def not_listed_yet(
-    earlier: list[str],
-    manifest: Manifest,
-    footprints: dict[str, tuple[float, float, float, float]],
-    config: RunConfig,
-    layout: AoiLayout,
-) -> list[str]:
-    """What earlier runs made that a run's starting `manifest` does not list: removed at
-    its end unless listed by then, and carried on by its resume if it stops before. The
-    collection and the Zarr store are always carried: until a chip lists them, the
-    manifest saved says nothing of them."""
-    listed = listed_outputs(manifest, footprints, config, layout) - {stac.COLLECTION_NAME, layout.zarr_relpath}
-    return [path for path in earlier if path not in listed]
-
-
-def remove_stale_outputs(
-    earlier: list[str],
-    manifest: Manifest,
-    footprints: dict[str, tuple[float, float, float, float]],
-    config: RunConfig,
-    layout: AoiLayout,
-    writer: OutputWriter,
-) -> list[str]:
-    """Delete what earlier runs made (`earlier_outputs`) that this run's final manifest
-    does not list, so that OUT, the manifest, folds.csv and the catalog agree; returns the
-    URLs removed. Only what an sn5dask manifest recorded is touched: never an input, never
-    a file nobody listed."""
-    keep = listed_outputs(manifest, footprints, config, layout)
-    stale = sorted(set(earlier) - keep)
-    present = writer.file_sizes(layout.folder, skip=layout.zarr_url) if stale else {}  # files only, one listing
-    removed = []
-    for relpath in stale:
-        url = layout.url(relpath)
-        if relpath == layout.zarr_relpath:
-            if files.exists(url):
-                files.remove_tree(url)
-                removed.append(url)
-        elif url in present:
-            writer.remove(url)
-            removed.append(url)
-    return removed
-
-
 def write_stac_collection(
     manifest: Manifest,
     footprints: dict[str, tuple[float, float, float, float]],
@@ -921,17 +637,3 @@ def write_root_catalog(config: RunConfig, writer: OutputWriter) -> None:
         writer.remove(url)
 
 
-def write_manifest(
-    manifest: Manifest, layout: AoiLayout, writer: OutputWriter, *, final: bool
-) -> None:
-    """Interim writes may fail (a full disk, a flaky bucket): the run goes on and the next
-    write retries. The final write must succeed, else the run stops with a clear error."""
-    try:
-        write_json(writer, layout.manifest_url, manifest.as_json())
-    except OSError as exc:
-        if final:
-            raise Sn5daskError(
-                f"{layout.manifest_url}: cannot write the run manifest ({exc}); outputs written "
-                "so far are complete, but a re-run cannot know which: free space and re-run"
-            ) from None
-        log.warning("%s: cannot write the manifest yet (%s); will retry", layout.manifest_url, exc)
