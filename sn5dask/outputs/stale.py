@@ -39,7 +39,6 @@ def earlier_outputs(previous: Manifest | ManifestError | None, layout: AoiLayout
     return sorted(path for path in listed if _is_output_path(path, layout))
 
 
-
 def _is_output_path(relpath: str, layout: AoiLayout) -> bool:
     if posixpath.normpath(relpath) != relpath:
         return False
@@ -51,7 +50,6 @@ def _is_output_path(relpath: str, layout: AoiLayout) -> bool:
     shapes = {layout.rgb_relpath(name), stac.item_relpath(name.removesuffix(".json"))}
     shapes.update(layout.mask_relpath(kind, name) for kind in MASK_KINDS)
     return relpath in shapes
-
 
 
 def listed_outputs(
@@ -76,7 +74,6 @@ def listed_outputs(
     return listed
 
 
-
 def not_listed_yet(
     earlier: list[str],
     manifest: Manifest,
@@ -90,7 +87,6 @@ def not_listed_yet(
     manifest saved says nothing of them."""
     listed = listed_outputs(manifest, footprints, formats, layout) - {stac.COLLECTION_NAME, layout.zarr_relpath}
     return [path for path in earlier if path not in listed]
-
 
 
 def remove_stale_outputs(

@@ -54,7 +54,6 @@ def check_workers_see_local_paths(
             os.remove(probe)
 
 
-
 def check_workers_reach_s3(client: Client, config: RunConfig, catalogs: list[AoiCatalog]) -> None:
     """Refuse, before any chip task, an `s3://` ROOT or OUT that a worker of a cluster
     sn5dask did not start cannot reach with its own settings (its environment may lack
@@ -96,12 +95,10 @@ def check_workers_reach_s3(client: Client, config: RunConfig, catalogs: list[Aoi
         )
 
 
-
 def workers_not_seeing(client: Client, path: str) -> tuple[list[str], int]:
     """The workers on which a local `path` does not exist (sorted), and how many there are."""
     seen = client.run(os.path.exists, path, on_error="return")
     return sorted(worker for worker, found in seen.items() if found is not True), len(seen)
-
 
 
 def check_outputs_apart_from_inputs(config: RunConfig, catalogs: list[AoiCatalog]) -> None:
@@ -113,7 +110,6 @@ def check_outputs_apart_from_inputs(config: RunConfig, catalogs: list[AoiCatalog
                 f"--out {config.out}: {problem}; outputs there could overwrite inputs. "
                 "Choose an --out outside the dataset's AOI folders"
             )
-
 
 
 def check_bands_exist(config: RunConfig, catalog: AoiCatalog, stats: AoiStats) -> None:

@@ -37,7 +37,6 @@ def read_previous_manifest(layout: AoiLayout, writer: OutputWriter) -> Manifest 
         return exc
 
 
-
 def resumable_chips(
     previous: Manifest | ManifestError | None,
     params: dict[str, Any],
@@ -59,7 +58,6 @@ def resumable_chips(
         zarr_chips=writer.zarr_written_chips(layout.zarr_url) if "zarr" in config.formats else frozenset(),
     )
     return previous.done_entries(params, {c.chip_id: c for c in catalog.chips}, layout, state)
-
 
 
 def check_damaged_manifest(
@@ -90,7 +88,6 @@ def check_damaged_manifest(
     log.warning("%s; stats.json shows the same parameters: every chip will be redone", damage)
 
 
-
 def start_manifest(
     config: RunConfig,
     catalog: AoiCatalog,
@@ -108,7 +105,6 @@ def start_manifest(
         elif chip.chip_id in stats.errors:
             manifest.chips[chip.chip_id] = ChipResult.failed(chip, stats.errors[chip.chip_id]).entry
     return manifest
-
 
 
 def write_manifest(
