@@ -56,9 +56,8 @@ from sn5dask.runner.cluster import (
     scheduler_address,
     warm_up_workers,
 )
-from sn5dask.runner.graph import chip_tasks, scan_graph
 from sn5dask.runner.chiptask import write_items_of_done_chips
-from sn5dask.runner.versioncheck import WorkerVersions, raise_found
+from sn5dask.runner.graph import chip_tasks, scan_graph
 from sn5dask.runner.preflight import (
     check_bands_exist,
     check_outputs_apart_from_inputs,
@@ -66,6 +65,7 @@ from sn5dask.runner.preflight import (
     check_workers_see_local_paths,
 )
 from sn5dask.runner.resume import read_previous_manifest, resumable_chips, start_manifest, write_manifest
+from sn5dask.runner.versioncheck import WorkerVersions, raise_found
 from sn5dask.versions import versions
 
 log = logging.getLogger("sn5dask")
