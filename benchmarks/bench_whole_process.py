@@ -9,7 +9,10 @@ compare them. Prints each run's wall time and the medians.
 The first round warms the page cache and is left out. `--before` runs the other checkout
 with PYTHONPATH pointing at it (same interpreter and libraries; its own dependencies, e.g.
 tifffile for code before 2026-12-06, must be installed). The plain script is
-`../shared/bench/bench_ops.py pipeline` (`--no-script` leaves it out).
+`../shared/bench/bench_ops.py pipeline` (`--no-script` leaves it out). `--floor` adds
+`floor_script.py`, the least work that makes the same GeoTIFFs (its docstring says what it
+leaves out). CPU is the whole machine's (`/proc/stat`, every process a run starts however
+it forks, e.g. dask's workers under their fork server), so run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("--before", help="another sn5dask checkout to compare with")
     parser.add_argument("--formats", default="geotiff")
     parser.add_argument("--no-script", action="store_true")
+    parser.add_argument("--floor", action="store_true", help="also time floor_script.py")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="sn5dask-whole-"))
     sn5dask = [sys.executable, "-m", "sn5dask.cli", "run", args.root, "--workers", "2",
@@ -48,26 +52,45 @@ def main() -> None:
     if not args.no_script:
         commands["plain script"] = ([sys.executable, str(PLAIN_SCRIPT), "pipeline", "--root", args.root,
                                      "--procs", "2", "--out", str(out / "script")], {})  # fmt: skip
+    if args.floor:
+        commands["floor script"] = ([sys.executable, str(REPO / "benchmarks" / "floor_script.py"), args.root,
+                                     "--procs", "2", "--out", str(out / "floor")], {})  # fmt: skip
+    n_chips = len(list(Path(args.root).glob("*/PS-MS/*.tif")))
     walls: dict[str, list[float]] = {name: [] for name in commands}
+    cpus: dict[str, list[float]] = {name: [] for name in commands}
     try:
         for round_ in range(args.pairs + 1):
             for name, (command, env) in commands.items():
                 for folder in out.iterdir():
                     shutil.rmtree(folder)
+                cpu_before = _machine_cpu()
                 started = time.perf_counter()
                 done = subprocess.run(command, env={**os.environ, **env}, cwd=out,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
                 wall = time.perf_counter() - started
+                cpu = _machine_cpu() - cpu_before
                 if done.returncode != 0:
                     sys.exit(f"{name} failed: {done.stderr[-2000:]}")
                 if round_:
                     walls[name].append(wall)
-                print(f"{'warm-up' if not round_ else f'round {round_}'}: {name}: {wall:.2f} s", flush=True)
+                    cpus[name].append(cpu)
+                print(f"{'warm-up' if not round_ else f'round {round_}'}: {name}: {wall:.2f} s, "
+                      f"CPU {cpu:.2f} s", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     for name, values in walls.items():
         print(f"{name}: median {statistics.median(values):.2f} s "
-              f"(min {min(values):.2f}, max {max(values):.2f}) over {len(values)} runs")
+              f"(min {min(values):.2f}, max {max(values):.2f}) over {len(values)} runs; "
+              f"CPU {statistics.median(cpus[name]):.2f} s, "
+              f"{1000 * statistics.median(cpus[name]) / max(n_chips, 1):.0f} ms per chip")
+
+
+def _machine_cpu() -> float:
+    """CPU seconds the machine has spent busy since boot (user, nice, system, irq, softirq)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:8]
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, fields)
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
