@@ -158,13 +158,12 @@ def chip_outputs(args: tuple[tuple[Path, Path], np.ndarray, Path]) -> dict[str, 
 
 def print_stages(pairs: list[tuple[Path, Path]], out: Path) -> None:
     """Each step's median CPU per chip, in this process (no pool)."""
-    scans = []
+    scans, hists = [], []
     for pair in pairs:
         started = time.process_time()
-        histogram = histograms(pair)
+        hists.append(histograms(pair))
         scans.append(time.process_time() - started)
-        hist_sum = histogram if not scans[1:] else hist_sum + histogram
-    tables = lookup_tables(hist_sum)
+    tables = lookup_tables(sum(hists))
     steps = [chip_outputs((pair, tables, out)) for pair in pairs]
     print(f"scan: read bands 5,3,2 + 3 bincounts: {1000 * statistics.median(scans):.1f} ms")
     for name in steps[0]:
