@@ -10,6 +10,7 @@ and the median duration of the scan and chip tasks from dask's task stream.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -31,24 +32,33 @@ def task_ms(stream: list[dict], prefix: str) -> float:
     return statistics.median(durations) * 1e3 if durations else float("nan")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", help="an AOI folder made by make_aoi.py")
-    args = parser.parse_args()
+def measure_chip_timings(root: str) -> tuple[int, float, dict[str, float]]:
+    """(chips, seconds with the cluster up, {stage or task: median ms})."""
     out = tempfile.mkdtemp(prefix="sn5dask-chip-timings-")
-    config = load_config(None, root=args.root, out=out, formats="geotiff", overwrite=True)
+    config = load_config(None, root=root, out=out, formats="geotiff", overwrite=True)
     with get_client(workers=2) as client:
         client.run(lambda: None)
         started = time.perf_counter()
         with get_task_stream(client) as stream:
             summary = sn5dask.run(config, client=client)
         seconds = time.perf_counter() - started
+    shutil.rmtree(out, ignore_errors=True)
     timings = summary.aois[0].timings
-    print(f"{summary.aois[0].processed} chips in {seconds:.2f} s (cluster up before)")
-    for stage in sorted({name for t in timings for name in t}):
-        print(f"  {stage:12s} {statistics.median(t.get(stage, 0.0) for t in timings) * 1e3:6.1f} ms")
-    print(f"  chip task    {task_ms(stream.data, 'process_chip'):6.1f} ms (task stream)")
-    print(f"  scan task    {task_ms(stream.data, 'scan_chips'):6.1f} ms (task stream)")
+    stages = {stage: statistics.median(t.get(stage, 0.0) for t in timings) * 1e3
+              for stage in sorted({name for t in timings for name in t})}
+    stages["chip task"] = task_ms(stream.data, "process_chip")
+    stages["scan task"] = task_ms(stream.data, "scan_chips")
+    return summary.aois[0].processed, seconds, stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="an AOI folder made by make_aoi.py")
+    args = parser.parse_args()
+    chips, seconds, stages = measure_chip_timings(args.root)
+    print(f"{chips} chips in {seconds:.2f} s (cluster up before)")
+    for stage, ms in stages.items():
+        print(f"  {stage:12s} {ms:6.1f} ms{' (task stream)' if stage.endswith('task') else ''}")
 
 
 if __name__ == "__main__":

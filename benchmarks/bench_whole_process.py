@@ -32,6 +32,62 @@ PLAIN_SCRIPT = REPO.parent / "shared" / "bench" / "bench_ops.py"
 MASKS = "binary,continuous,binned,multichannel"
 
 
+SN5DASK = "sn5dask (this checkout)"
+BEFORE = "sn5dask (--before)"
+PLAIN = "plain script"
+FLOOR = "floor script"
+
+
+def measure_whole_process(
+    root: str, pairs: int, *, before: str | None = None, formats: str = "geotiff",
+    script: bool = True, floor: bool = False, verbose: bool = True,
+) -> dict[str, dict[str, float]]:
+    """{command: {"wall_s", "cpu_s", "cpu_ms_per_chip"}}, medians of `pairs` alternating
+    rounds after one warm-up round."""
+    out = Path(tempfile.mkdtemp(prefix="sn5dask-whole-"))
+    sn5dask = [sys.executable, "-m", "sn5dask.cli", "run", root, "--workers", "2",
+               "--masks", MASKS, "--formats", formats, "--overwrite"]  # fmt: skip
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {
+        SN5DASK: (sn5dask + ["--out", str(out / "this")], {"PYTHONPATH": str(REPO)}),
+    }
+    if before:
+        commands[BEFORE] = (sn5dask + ["--out", str(out / "before")], {"PYTHONPATH": before})
+    if script:
+        commands[PLAIN] = ([sys.executable, str(PLAIN_SCRIPT), "pipeline", "--root", root,
+                            "--procs", "2", "--out", str(out / "script")], {})  # fmt: skip
+    if floor:
+        commands[FLOOR] = ([sys.executable, str(REPO / "benchmarks" / "floor_script.py"), root,
+                            "--procs", "2", "--out", str(out / "floor")], {})  # fmt: skip
+    n_chips = len(list(Path(root).glob("*/PS-MS/*.tif")))
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    cpus: dict[str, list[float]] = {name: [] for name in commands}
+    try:
+        for round_ in range(pairs + 1):
+            for name, (command, env) in commands.items():
+                for folder in out.iterdir():
+                    shutil.rmtree(folder)
+                cpu_before = machine_cpu()
+                started = time.perf_counter()
+                done = subprocess.run(command, check=False, env={**os.environ, **env}, cwd=out,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                wall = time.perf_counter() - started
+                cpu = machine_cpu() - cpu_before
+                if done.returncode != 0:
+                    sys.exit(f"{name} failed: {done.stderr[-2000:]}")
+                if round_:
+                    walls[name].append(wall)
+                    cpus[name].append(cpu)
+                if verbose:
+                    print(f"{'warm-up' if not round_ else f'round {round_}'}: {name}: {wall:.2f} s, "
+                          f"CPU {cpu:.2f} s", flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return {name: {"wall_s": statistics.median(walls[name]), "wall_min_s": min(walls[name]),
+                   "wall_max_s": max(walls[name]), "cpu_s": statistics.median(cpus[name]),
+                   "cpu_ms_per_chip": 1000 * statistics.median(cpus[name]) / max(n_chips, 1)}
+            for name in commands}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="an AOI folder made by make_aoi.py")
@@ -41,51 +97,14 @@ def main() -> None:
     parser.add_argument("--no-script", action="store_true")
     parser.add_argument("--floor", action="store_true", help="also time floor_script.py")
     args = parser.parse_args()
-    out = Path(tempfile.mkdtemp(prefix="sn5dask-whole-"))
-    sn5dask = [sys.executable, "-m", "sn5dask.cli", "run", args.root, "--workers", "2",
-               "--masks", MASKS, "--formats", args.formats, "--overwrite"]  # fmt: skip
-    commands: dict[str, tuple[list[str], dict[str, str]]] = {
-        "sn5dask (this checkout)": (sn5dask + ["--out", str(out / "this")], {"PYTHONPATH": str(REPO)}),
-    }
-    if args.before:
-        commands["sn5dask (--before)"] = (sn5dask + ["--out", str(out / "before")], {"PYTHONPATH": args.before})
-    if not args.no_script:
-        commands["plain script"] = ([sys.executable, str(PLAIN_SCRIPT), "pipeline", "--root", args.root,
-                                     "--procs", "2", "--out", str(out / "script")], {})  # fmt: skip
-    if args.floor:
-        commands["floor script"] = ([sys.executable, str(REPO / "benchmarks" / "floor_script.py"), args.root,
-                                     "--procs", "2", "--out", str(out / "floor")], {})  # fmt: skip
-    n_chips = len(list(Path(args.root).glob("*/PS-MS/*.tif")))
-    walls: dict[str, list[float]] = {name: [] for name in commands}
-    cpus: dict[str, list[float]] = {name: [] for name in commands}
-    try:
-        for round_ in range(args.pairs + 1):
-            for name, (command, env) in commands.items():
-                for folder in out.iterdir():
-                    shutil.rmtree(folder)
-                cpu_before = _machine_cpu()
-                started = time.perf_counter()
-                done = subprocess.run(command, check=False, env={**os.environ, **env}, cwd=out,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-                wall = time.perf_counter() - started
-                cpu = _machine_cpu() - cpu_before
-                if done.returncode != 0:
-                    sys.exit(f"{name} failed: {done.stderr[-2000:]}")
-                if round_:
-                    walls[name].append(wall)
-                    cpus[name].append(cpu)
-                print(f"{'warm-up' if not round_ else f'round {round_}'}: {name}: {wall:.2f} s, "
-                      f"CPU {cpu:.2f} s", flush=True)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    for name, values in walls.items():
-        print(f"{name}: median {statistics.median(values):.2f} s "
-              f"(min {min(values):.2f}, max {max(values):.2f}) over {len(values)} runs; "
-              f"CPU {statistics.median(cpus[name]):.2f} s, "
-              f"{1000 * statistics.median(cpus[name]) / max(n_chips, 1):.0f} ms per chip")
+    results = measure_whole_process(args.root, args.pairs, before=args.before, formats=args.formats,
+                                    script=not args.no_script, floor=args.floor)
+    for name, r in results.items():
+        print(f"{name}: median {r['wall_s']:.2f} s (min {r['wall_min_s']:.2f}, max {r['wall_max_s']:.2f}) "
+              f"over {args.pairs} runs; CPU {r['cpu_s']:.2f} s, {r['cpu_ms_per_chip']:.0f} ms per chip")
 
 
-def _machine_cpu() -> float:
+def machine_cpu() -> float:
     """CPU seconds the machine has spent busy since boot (user, nice, system, irq, softirq)."""
     with open("/proc/stat") as stat:
         fields = stat.readline().split()[1:8]

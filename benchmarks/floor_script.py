@@ -23,6 +23,7 @@ a whole process next to sn5dask and the plain script of `../shared/bench/`:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -89,6 +90,14 @@ def lookup_tables(hist_sum: np.ndarray) -> np.ndarray:
     return np.stack(tables)
 
 
+@functools.lru_cache(maxsize=8)
+def utm_transformers(zone: int, south: bool) -> tuple[pyproj.Transformer, pyproj.Transformer]:
+    """lon/lat to the UTM zone and back (made once per zone: each costs milliseconds)."""
+    utm = pyproj.CRS.from_dict({"proj": "utm", "zone": zone, "south": south})
+    return (pyproj.Transformer.from_crs(4326, utm, always_xy=True),
+            pyproj.Transformer.from_crs(utm, 4326, always_xy=True))
+
+
 def road_bins(label: Path, transform, shape) -> np.ndarray:
     """Per pixel, the speed bin (1..7) of the fastest road buffered over it; 0 elsewhere."""
     features = json.loads(label.read_text())["features"]
@@ -97,15 +106,17 @@ def road_bins(label: Path, transform, shape) -> np.ndarray:
     lines = shapely.from_geojson([json.dumps(f["geometry"]) for f in features])
     mph = np.array([f["properties"].get("inferred_speed_mph", 0.0) for f in features])
     lon, lat = shapely.get_coordinates(lines).mean(axis=0)
-    utm = pyproj.CRS.from_dict({"proj": "utm", "zone": int((lon + 180) // 6) + 1, "south": lat < 0})
-    to_utm = pyproj.Transformer.from_crs(4326, utm, always_xy=True)
-    back = pyproj.Transformer.from_crs(utm, 4326, always_xy=True)
+    to_utm, back = utm_transformers(int((lon + 180) // 6) + 1, bool(lat < 0))
     buffered = shapely.buffer(shapely.transform(lines, lambda xy: np.column_stack(to_utm.transform(*xy.T))), BUFFER_M)
     polygons = shapely.transform(buffered, lambda xy: np.column_stack(back.transform(*xy.T)))
     bins = np.clip(np.ceil(mph / BIN_MPH), 1, N_BINS).astype(np.uint8)
     order = np.argsort(bins, kind="stable")  # later shapes win: the fastest last
-    return rasterize(((polygons[i], int(bins[i])) for i in order), out_shape=shape,
-                     transform=transform, fill=0, dtype="uint8")
+    # rasterio reads plain coordinate lists faster than shapely's per-vertex tuples
+    shapes = [({"type": "Polygon", "coordinates": [shapely.get_coordinates(ring).tolist()
+                                                   for ring in (part.exterior, *part.interiors)]},
+               int(bins[i]))
+              for i in order for part in shapely.get_parts(polygons[i]) if not part.is_empty]
+    return rasterize(shapes, out_shape=shape, transform=transform, fill=0, dtype="uint8")
 
 
 def write(path: Path, array: np.ndarray, source_profile: dict, codec: dict) -> None:
@@ -113,7 +124,8 @@ def write(path: Path, array: np.ndarray, source_profile: dict, codec: dict) -> N
     profile = {"driver": "GTiff", "width": array.shape[2], "height": array.shape[1],
                "count": array.shape[0], "dtype": "uint8", "crs": source_profile["crs"],
                "transform": source_profile["transform"], "tiled": True,
-               "blockxsize": TILE, "blockysize": TILE, **codec}
+               "blockxsize": TILE, "blockysize": TILE,
+               "interleave": "band" if array.shape[0] > 3 else "pixel", **codec}
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(array)
 
