@@ -20,8 +20,8 @@ from types import ModuleType
 from typing import Any
 
 from sn5dask.config import load_config
-from sn5dask.core import labels, masks
-from sn5dask.io import files, raster, zarrstore
+from sn5dask.core import labels
+from sn5dask.io import burn, files, raster, zarrstore
 from sn5dask.io.catalog import discover
 from sn5dask.io.chipio import FileWriter, RasterioReader
 from sn5dask.outputs.layout import AoiLayout
@@ -35,7 +35,7 @@ CPU: dict[str, float] = collections.defaultdict(float)
 CALLS: collections.Counter[str] = collections.Counter()
 #: (module, function) pairs timed; nested ones overlap (a GeoTIFF write includes its file write).
 STAGES = [(raster, "read_chip"), (raster, "encode_geotiff"), (files, "write_bytes_atomic"),
-          (files, "_commit"), (masks, "burn_chip_masks"), (labels, "parse_road_labels"),
+          (files, "_commit"), (burn, "burn_chip_masks"), (labels, "parse_road_labels"),
           (chiptask, "_stretch"), (zarrstore, "write_chip")]
 
 

@@ -26,7 +26,8 @@ import rasterio
 from rasterio.io import MemoryFile
 
 from sn5dask.core.labels import parse_road_labels
-from sn5dask.core.masks import MASK_KINDS, burn_chip_masks
+from sn5dask.core.masks import MASK_KINDS
+from sn5dask.io.burn import burn_chip_masks
 from sn5dask.core.stretch import (
     band_cut,
     band_histograms,

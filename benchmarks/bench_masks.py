@@ -24,7 +24,7 @@ from rasterio.features import rasterize
 
 from sn5dask.core.labels import parse_road_labels
 from sn5dask.core.crs import reproject_geometries, utm_crs_containing
-from sn5dask.core.masks import burn_chip_masks
+from sn5dask.io.burn import burn_chip_masks
 from sn5dask.io.raster import read_header
 from sn5dask.synthetic import make_synthetic_aoi
 

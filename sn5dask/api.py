@@ -15,7 +15,7 @@ from odc.geo.geobox import GeoBox
 
 from sn5dask.config import MASK_KINDS
 from sn5dask.core.labels import RoadLabels, parse_road_labels
-from sn5dask.core.masks import burn_chip_masks
+from sn5dask.io.burn import burn_chip_masks
 from sn5dask.core.profiles import Profile
 from sn5dask.core.stretch import UINT16_BINS
 from sn5dask.io import files

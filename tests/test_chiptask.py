@@ -10,7 +10,7 @@ import pytest
 
 from sn5dask.config import load_config
 from sn5dask.core.labels import parse_road_labels
-from sn5dask.core.masks import burn_chip_masks
+from sn5dask.io.burn import burn_chip_masks
 from sn5dask.core.outputspec import OutputSpec
 from sn5dask.core.stretch import (
     band_cut,

@@ -83,7 +83,7 @@ def _process_facts() -> dict:
         "ppid": os.getppid(),
         "chiptask": "sn5dask.runner.chiptask" in sys.modules,
         "rasterio": "rasterio" in sys.modules,
-        "masks": "sn5dask.core.masks" in sys.modules,
+        "masks": "sn5dask.io.burn" in sys.modules,
         "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
         "gc_enabled": gc.isenabled(),
         "frozen": gc.get_freeze_count(),

@@ -121,7 +121,7 @@ def test_impossible_coordinates_never_reach_geos(tmp_path, coordinates, crs, pro
     code = f"""
 import json, sn5dask
 from sn5dask.core.labels import parse_road_labels
-from sn5dask.core.masks import burn_chip_masks
+from sn5dask.io.burn import burn_chip_masks
 from sn5dask.api import to_grid
 labels = parse_road_labels(open({str(label)!r}).read(), "bad.geojson")
 warnings = list(labels.warnings)
@@ -246,7 +246,7 @@ def test_more_distinct_speeds_than_uint16_still_burn_exactly() -> None:
     from pyproj import CRS
 
     from sn5dask.core.labels import RoadLabels
-    from sn5dask.core.masks import burn_chip_masks
+    from sn5dask.io.burn import burn_chip_masks
 
     grid = GeoBox((32, 32), Affine(0.5, 0, 500000, 0, -0.5, 4000016), "EPSG:32611")
     n = 70_000

@@ -15,7 +15,8 @@ from hypothesis.extra import numpy as hnp
 from odc.geo.geobox import GeoBox
 
 from sn5dask.core.labels import parse_road_labels
-from sn5dask.core.masks import MASK_KINDS, burn_chip_masks
+from sn5dask.core.masks import MASK_KINDS
+from sn5dask.io.burn import burn_chip_masks
 from sn5dask.core.stretch import (
     band_cut,
     band_histograms,

@@ -1,4 +1,4 @@
-"""sn5dask.core.masks: solaris R1 and CRESI s02 bit-exact, each CRESI rule, edge cases."""
+"""sn5dask.core.masks and sn5dask.io.burn: solaris R1 and CRESI s02 bit-exact, each CRESI rule, edge cases."""
 
 from __future__ import annotations
 
@@ -21,12 +21,8 @@ from rasterio.features import rasterize
 import sn5dask
 from sn5dask.core.labels import parse_road_labels
 from sn5dask.core.crs import cresi_utm_crs, utm_crs_containing
-from sn5dask.core.masks import (
-    burn_chip_masks,
-    burn_speed_classes,
-    masks_from_speed_classes,
-    zero_under_nodata,
-)
+from sn5dask.core.masks import masks_from_speed_classes, zero_under_nodata
+from sn5dask.io.burn import burn_chip_masks, burn_speed_classes
 from tests.conftest import S02, SOLARIS_ROAD
 
 S02_IMAGE = S02 / "inputs" / "PS-MS" / "SN3_roads_train_AOI_2_Vegas_PS-MS_img991.tif"

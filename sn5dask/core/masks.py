@@ -1,7 +1,11 @@
-"""Pure road-mask burning: metric buffer, one rasterisation per chip, masks by lookup.
+"""Pure road-mask rules: metric buffer, the shapes of one rasterisation per chip, masks by
+lookup.
 
 Inputs are `RoadLabels` (lines + speeds in the label CRS) and the chip's grid (an
-odc-geo `GeoBox`); outputs are uint8 numpy arrays on that grid. No files, no dask.
+odc-geo `GeoBox`); outputs are the shapes to burn (`road_shapes`) and, from the burned
+class raster, uint8 numpy arrays on that grid (`masks_from_speed_classes`). The burning
+itself is GDAL's rasteriser, in `sn5dask.io.burn` (`burn_chip_masks`). No files, no GDAL,
+no dask.
 
 Why one "speed class" raster: every mask kind is a function of the speed burned at a
 pixel, so the chip is rasterised once into class indices (0 = background) and each kind
@@ -25,7 +29,6 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 from odc.geo.geobox import GeoBox
-from rasterio.features import rasterize
 from shapely.geometry.base import BaseGeometry
 
 from sn5dask.core.crs import grid_crs, cresi_utm_crs, grid_centre_lonlat, metric_crs_containing, reproject_geometries
@@ -39,7 +42,7 @@ from sn5dask.core.speed import (
     continuous_value,
 )
 
-__all__ = ["MASK_KINDS", "burn_chip_masks", "burn_speed_classes", "masks_from_speed_classes"]
+__all__ = ["MASK_KINDS", "RoadShapes", "SpeedClasses", "masks_from_speed_classes", "road_shapes", "zero_under_nodata"]
 
 
 @dataclass(frozen=True)
@@ -54,24 +57,36 @@ class SpeedClasses:
     roads_on_chip: int = 0  # buffered roads that touch the chip's footprint
 
 
-def burn_speed_classes(
+@dataclass(frozen=True)
+class RoadShapes:
+    """What a chip's one rasterisation burns: `shapes`, GeoJSON-like polygons in the grid's
+    CRS with their class index, in burning order (the last burned wins); `speed_mph[c]`
+    the speed of class c (index 0: no road; NaN: roads without a usable speed); `dtype`
+    the class raster's type (`class_raster_dtype`)."""
+
+    shapes: list[tuple[dict[str, object], int]]
+    speed_mph: np.ndarray
+    roads_on_chip: int
+    dtype: np.dtype
+
+
+def road_shapes(
     labels: RoadLabels,
     grid: GeoBox,
     *,
     profile: str | Profile = "sn5dask",
     buffer_m: float = 2.0,
     warnings: list[str] | None = None,
-) -> SpeedClasses:
-    """Buffer the roads in metres and rasterise them once into speed classes.
+) -> RoadShapes:
+    """Buffer the roads in metres: the shapes that rasterise them once into speed classes.
 
     A road whose coordinates are not finite once projected into the metric CRS is left
     out with a warning (appended to `warnings`) before any geometry operation, so no
     road can crash GEOS; the other roads are burned.
     """
     rules = get_profile(profile)
-    height, width = grid.shape.yx
     if len(labels) == 0:
-        return SpeedClasses(np.zeros((height, width), np.uint8), np.array([0.0]), 0)
+        return RoadShapes([], np.array([0.0]), 0, np.dtype(np.uint8))
     if rules.utm_rule == "label_centroid_north":
         utm = cresi_utm_crs(labels.lines, labels.crs)
     else:
@@ -107,18 +122,12 @@ def burn_speed_classes(
     ]
     footprint = shapely.box(*grid.extent.boundingbox)
     roads_on_chip = int(np.count_nonzero(shapely.intersects([p for p, _ in shapes], footprint))) if shapes else 0
-    if shapes:
-        classes = rasterize(
-            [(_geojson_like(polygon), class_index) for polygon, class_index in shapes],
-            out_shape=(height, width),
-            transform=grid.affine,
-            fill=0,
-            all_touched=False,
-            dtype=dtype,
-        )
-    else:
-        classes = np.zeros((height, width), dtype)
-    return SpeedClasses(classes, np.concatenate([[0.0], class_speeds]), roads_on_chip)
+    return RoadShapes(
+        [(_geojson_like(polygon), class_index) for polygon, class_index in shapes],
+        np.concatenate([[0.0], class_speeds]),
+        roads_on_chip,
+        dtype,
+    )
 
 
 def _geojson_like(geometry: BaseGeometry) -> dict[str, object]:
@@ -267,35 +276,3 @@ def multichannel_from_channel(channel: np.ndarray, binary: np.ndarray) -> np.nda
     np.multiply(out[:N_SPEED_CHANNELS], 255, out=out[:N_SPEED_CHANNELS])
     out[N_SPEED_CHANNELS] = binary
     return out
-
-
-def burn_chip_masks(
-    labels: RoadLabels,
-    grid: GeoBox,
-    *,
-    kinds: Sequence[str] = MASK_KINDS,
-    profile: str | Profile = "sn5dask",
-    buffer_m: float = 2.0,
-    image: np.ndarray | None = None,
-    warnings: list[str] | None = None,
-) -> dict[str, np.ndarray]:
-    """Pure per-chip masks: burn once, zero under image nodata, derive every kind.
-
-    When roads exist but none touches the chip, a warning is appended to `warnings`: the
-    usual cause is a label file that belongs elsewhere or declares the wrong CRS.
-    """
-    speed_classes = burn_speed_classes(
-        labels, grid, profile=profile, buffer_m=buffer_m, warnings=warnings
-    )
-    if warnings is not None and len(labels) and speed_classes.roads_on_chip == 0:
-        warnings.append(
-            f"{labels.source}: none of its {len(labels)} road(s) falls on the chip "
-            "(is the label for another chip, or its CRS wrong?): masks are empty"
-        )
-    if image is not None:
-        speed_classes = SpeedClasses(
-            zero_under_nodata(speed_classes.classes, image, profile),
-            speed_classes.speed_mph,
-            speed_classes.roads_on_chip,
-        )
-    return masks_from_speed_classes(speed_classes, kinds)

@@ -298,7 +298,7 @@ def _burn(
     # with this module: the client imports it for `ChipJob` and needs neither rasterio nor
     # shapely and pyproj.
     from sn5dask.core.labels import parse_road_labels
-    from sn5dask.core.masks import burn_chip_masks
+    from sn5dask.io.burn import burn_chip_masks
 
     assert chip.label is not None
     config = job.config

@@ -40,7 +40,7 @@ START_METHOD_KEY = "sn5dask.worker-start-method"
 #: store the default formats write (≈0.2 s in its first write task).
 WORKER_MODULES = (
     "distributed", "sn5dask.runner.aoistats", "sn5dask.runner.chiptask",
-    "sn5dask.io.raster", "sn5dask.core.masks",
+    "sn5dask.io.raster", "sn5dask.io.burn",
 )  # fmt: skip
 #: And for a run that writes Zarr stores (zarr is left out of a GeoTIFF-only run's workers).
 ZARR_MODULES = ("sn5dask.io.zarrstore",)
