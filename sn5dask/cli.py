@@ -34,7 +34,7 @@ from sn5dask.errors import ConfigError, LockError, ParamsChangedError, Sn5daskEr
 if TYPE_CHECKING:  # the CLI imports the pipeline only when a command runs it
     from sn5dask.config import RunConfig
     from sn5dask.runner.chiptask import ChipResult
-    from sn5dask.runner.pipeline import AoiSummary, RunSummary
+    from sn5dask.runner.report import AoiSummary, RunSummary
 
 app = typer.Typer(
     add_completion=False,

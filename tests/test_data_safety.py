@@ -501,7 +501,7 @@ def test_a_changed_run_leaves_no_output_its_records_do_not_list(client, tmp_path
     folder = out / "AOI_99_Synthetic"
     notices: list[str] = []
 
-    from sn5dask.runner.pipeline import LogReporter
+    from sn5dask.runner.report import LogReporter
 
     class Notes(LogReporter):
         def notice(self, message: str) -> None:
@@ -569,7 +569,7 @@ def test_a_changed_run_stopped_midway_leaves_nothing_unlisted_once_resumed(clien
     the resume (the same new parameters, no --overwrite) removes every output that no
     record lists: the continuous masks, the other chips' Zarr store."""
     import sn5dask
-    from sn5dask.runner.pipeline import LogReporter
+    from sn5dask.runner.report import LogReporter
 
     out, folder, config = small_aoi_runs(tmp_path, n_chips=4, seed=5)
 
@@ -626,7 +626,7 @@ def test_a_changed_run_stopped_before_any_chip_hands_on_the_store_and_collection
     folder where an output file would be is left alone)."""
     import sn5dask
     from sn5dask.outputs.validate import validate_output
-    from sn5dask.runner.pipeline import LogReporter
+    from sn5dask.runner.report import LogReporter
 
     out, folder, config = small_aoi_runs(tmp_path, n_chips=3, seed=6)
 

@@ -223,7 +223,8 @@ def inprocess_client():
 def test_run_loop_in_process_with_fakes(inprocess_client, tmp_path) -> None:
     from sn5dask.io.chipio import read_json
     from sn5dask.outputs.layout import AoiLayout
-    from sn5dask.runner.pipeline import LogReporter, run_aoi
+    from sn5dask.runner.pipeline import run_aoi
+    from sn5dask.runner.report import LogReporter
     from sn5dask.testing import MemoryWriter, fake_aoi
 
     fake = fake_aoi(aoi="AOI_98_Fake", n_chips=5, size=48, seed=2)
@@ -285,7 +286,8 @@ def test_chip_tasks_write_their_stac_items_and_stale_outputs_go_on_fakes(inproce
     from sn5dask.io.chipio import read_json
     from sn5dask.outputs import stac
     from sn5dask.outputs.layout import AoiLayout
-    from sn5dask.runner.pipeline import LogReporter, run_aoi
+    from sn5dask.runner.pipeline import run_aoi
+    from sn5dask.runner.report import LogReporter
     from sn5dask.testing import MemoryWriter, fake_aoi
 
     notices: list[str] = []
@@ -334,7 +336,8 @@ def test_a_chip_task_on_other_versions_stops_the_run_loop_on_fakes(inprocess_cli
     import numpy
 
     from sn5dask.errors import VersionSkewError
-    from sn5dask.runner.pipeline import LogReporter, run_aoi
+    from sn5dask.runner.pipeline import run_aoi
+    from sn5dask.runner.report import LogReporter
     from sn5dask.runner.versioncheck import WorkerVersions
     from sn5dask.testing import MemoryWriter, fake_aoi
 

@@ -23,7 +23,7 @@ Both profiles reproject the buffered roads into the raster's CRS (CRESI never do
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,13 @@ import shapely
 from odc.geo.geobox import GeoBox
 from shapely.geometry.base import BaseGeometry
 
-from sn5dask.core.crs import grid_crs, cresi_utm_crs, grid_centre_lonlat, metric_crs_containing, reproject_geometries
+from sn5dask.core.crs import (
+    cresi_utm_crs,
+    grid_centre_lonlat,
+    grid_crs,
+    metric_crs_containing,
+    reproject_geometries,
+)
 from sn5dask.core.encodings import MASK_KINDS
 from sn5dask.core.labels import RoadLabels
 from sn5dask.core.profiles import Profile, get_profile

@@ -22,7 +22,7 @@ RunState = Literal["idle", "starting", "running", "finished", "failed"]
 
 
 class LiveCounts:
-    """A `pipeline.Reporter` that keeps each AOI's counts and chip statuses as chips
+    """A `runner.report.Reporter` that keeps each AOI's counts and chip statuses as chips
     finish (the manifest is rewritten only every few seconds). Chips/s counts only the
     chips this run made: those done by earlier runs are its starting point."""
 

@@ -13,23 +13,20 @@ interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
 import time
 import uuid
-from concurrent.futures import CancelledError
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 from distributed import Client, as_completed
 
 from sn5dask.config import RunConfig
-from sn5dask.core.folds import folds_csv, spatial_folds
+from sn5dask.core.folds import spatial_folds
 from sn5dask.core.stretch import band_cut
 from sn5dask.errors import ConfigError, SchedulerLostError, VersionSkewError
 from sn5dask.io import files
@@ -39,16 +36,17 @@ from sn5dask.io.chipio import (
     FileWriter,
     OutputWriter,
     RasterioReader,
-    read_json,
-    write_json,
 )
 from sn5dask.io.lock import RunLock
 from sn5dask.outputs import stac
-from sn5dask.outputs.layout import AoiLayout, layouts_under
+from sn5dask.outputs.folds import write_folds
+from sn5dask.outputs.layout import AoiLayout
 from sn5dask.outputs.manifest import ChipEntry, Manifest
+from sn5dask.outputs.stac_files import write_collection, write_root_catalog
 from sn5dask.outputs.stale import earlier_outputs, not_listed_yet, remove_stale_outputs
+from sn5dask.outputs.stats import write_stats
 from sn5dask.runner.aoistats import AoiStats
-from sn5dask.runner.chiptask import ChipJob, ChipResult
+from sn5dask.runner.chiptask import ChipJob, ChipResult, write_items_of_done_chips
 from sn5dask.runner.cluster import (
     check_main_guard,
     get_client,
@@ -56,7 +54,6 @@ from sn5dask.runner.cluster import (
     scheduler_address,
     warm_up_workers,
 )
-from sn5dask.runner.chiptask import write_items_of_done_chips
 from sn5dask.runner.graph import chip_tasks, scan_graph
 from sn5dask.runner.preflight import (
     check_bands_exist,
@@ -64,9 +61,14 @@ from sn5dask.runner.preflight import (
     check_workers_reach_s3,
     check_workers_see_local_paths,
 )
-from sn5dask.runner.resume import read_previous_manifest, resumable_chips, start_manifest, write_manifest
+from sn5dask.runner.report import AoiSummary, LogReporter, Reporter, RunSummary
+from sn5dask.runner.resume import (
+    read_previous_manifest,
+    resumable_chips,
+    start_manifest,
+    write_manifest,
+)
 from sn5dask.runner.versioncheck import WorkerVersions, raise_found
-from sn5dask.versions import versions
 
 log = logging.getLogger("sn5dask")
 MANIFEST_EVERY_S = 2.0
@@ -76,71 +78,6 @@ ITEMS_PER_TASK = 256
 # run's time: on a large AOI the spacing grows with the manifest, so the writes' total
 # cost stays linear in the number of chips instead of quadratic.
 MANIFEST_TIME_SHARE = 20
-
-
-class Reporter(Protocol):
-    """What the run tells its caller (the CLI draws it with rich; the API logs it)."""
-
-    def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None: ...
-    def waiting(self, message: str) -> None: ...
-    def notice(self, message: str) -> None: ...
-    def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None: ...
-    def chip_finished(self, aoi: str, result: ChipResult) -> None: ...
-    def aoi_finished(self, summary: AoiSummary) -> None: ...
-
-
-class LogReporter:
-    """Default reporter: one log line per AOI and per failed chip."""
-
-    def cluster(self, dashboard_link: str | None, closes_with_run: bool) -> None:
-        log.info("dask dashboard: %s", dashboard_link)
-
-    def waiting(self, message: str) -> None:
-        log.warning(message)
-
-    def notice(self, message: str) -> None:
-        log.warning(message)
-
-    def aoi_started(self, aoi: str, total: int, already_done: int, already_failed: int) -> None:
-        log.info("%s: %d chips (%d already done, %d unreadable)", aoi, total, already_done, already_failed)
-
-    def chip_finished(self, aoi: str, result: ChipResult) -> None:
-        if result.status == "failed":
-            log.warning("%s %s failed: %s", aoi, result.chip_id, result.reason)
-
-    def aoi_finished(self, summary: AoiSummary) -> None:
-        log.info("%s: %s", summary.aoi, summary.counts)
-
-
-@dataclass
-class AoiSummary:
-    aoi: str
-    manifest: str
-    counts: dict[str, int]
-    seconds: float
-    processed: int
-    scan_seconds: float = 0.0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    orphan_labels: list[str] = field(default_factory=list)
-    timings: list[dict[str, float]] = field(default_factory=list)
-
-    @property
-    def chips_per_second(self) -> float:
-        return self.processed / self.seconds if self.seconds > 0 else 0.0
-
-
-@dataclass
-class RunSummary:
-    aois: list[AoiSummary]
-    dashboard_link: str | None = None
-
-    @property
-    def failed(self) -> int:
-        return sum(a.counts.get("failed", 0) for a in self.aois)
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.failed else 0
 
 
 def run(
@@ -189,7 +126,7 @@ def run(
             except ConfigError:  # e.g. --bands beyond the chips: no empty AOI folder left
                 remove_unused_aoi_folder(AoiLayout(config.out, catalog.aoi))
                 raise
-        write_root_catalog(config, writer or FileWriter())
+        write_root_catalog(config.out, writer or FileWriter())
         return RunSummary(summaries, active.dashboard_link)
 
 
@@ -245,7 +182,13 @@ def run_aoi(
                     f"{nowhere[0]}: its CRS does not transform to WGS84): no STAC item, no fold"
                 )
             folds = chip_folds(catalog, stats, config)
-            write_stats(layout, writer, catalog, config, stats, params, footprints, workers_checked)
+            write_stats(
+                layout, writer, root=config.root, scan=stats.as_json(), stretch=config.stretch_scope,
+                n_chips=len(catalog.chips), unreadable_chips=stats.errors, footprints=footprints,
+                params=params, versions=workers_checked.installation(),
+                worker_versions=workers_checked.worker_versions(), histogram=stats.histogram,
+                bands=stats.bands,
+            )  # fmt: skip
             manifest = start_manifest(config, catalog, params, stats, done)
             manifest.superseded = not_listed_yet(earlier, manifest, footprints, config.formats, layout)
             todo = [c for c in catalog.chips if c.chip_id not in manifest.chips]
@@ -280,12 +223,13 @@ def run_aoi(
         stale = remove_stale_outputs(earlier, manifest, footprints, config.formats, layout, writer)
         manifest.superseded = []
         write_manifest(manifest, layout, writer, final=True)
-        if not write_folds(manifest, catalog, config, layout, writer):
+        if not write_folds(manifest, catalog, config.masks, config.formats, layout, writer):
             reporter.notice(
                 f"{catalog.aoi}: no chip has masks (no label file, or --masks none): no "
                 f"folds.csv written, nothing in this AOI to train on"
             )
-        write_stac_collection(manifest, footprints, config, layout, writer)
+        if "geotiff" in config.formats:  # the Items it links point to the GeoTIFFs
+            write_collection(manifest, footprints, layout, writer)
         if stats.histogram is None:  # a per-chip stretch: an earlier run's AOI histogram would lie
             writer.remove(layout.histograms_url)
         if stale:
@@ -402,38 +346,6 @@ def prepare_store(
     return {}
 
 
-def write_stats(
-    layout: AoiLayout,
-    writer: OutputWriter,
-    catalog: AoiCatalog,
-    config: RunConfig,
-    stats: AoiStats,
-    params: dict[str, Any],
-    footprints: dict[str, tuple[float, float, float, float]],
-    workers_checked: WorkerVersions | None = None,
-) -> None:
-    document = {
-        "aoi": catalog.aoi,
-        "root": config.root,
-        **stats.as_json(),
-        "stretch": config.stretch_scope,
-        "n_chips": len(catalog.chips),
-        "unreadable_chips": stats.errors,
-        # footprints (west, south, east, north in WGS84) of every chip the scan read
-        "chip_bboxes": {chip_id: list(box) for chip_id, box in footprints.items()},
-        "params": params,
-        "versions": workers_checked.installation() if workers_checked else versions(),  # the client's
-        # each worker's, as checked before the chips' pass (`versioncheck`)
-        "worker_versions": workers_checked.worker_versions() if workers_checked else {},
-        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    write_json(writer, layout.stats_url, document)
-    if stats.histogram is not None:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, bands=np.array(stats.bands), histogram=stats.histogram)
-        writer.write_bytes(layout.histograms_url, buffer.getvalue())
-
-
 def aoi_cuts(config: RunConfig, stats: AoiStats) -> tuple[Any, ...] | None:
     """The AOI-wide stretch per output band, or None for a per-chip stretch."""
     if config.stretch_scope != "aoi":
@@ -445,7 +357,7 @@ def aoi_cuts(config: RunConfig, stats: AoiStats) -> tuple[Any, ...] | None:
 @contextmanager
 def kept_for_run(client: Client) -> Iterator[str]:
     """A new run token for one AOI's scan and write pass. What the workers kept under it
-    (S3 copies, small chips' pixels: `chipcache`) and the write pass did not use (chips
+    (S3 chips' local copies: `chipcache`) and the write pass did not use (chips
     already done, tasks that ran elsewhere) is removed on every worker when the block
     ends, however it ends: nothing a run kept outlives it."""
     from sn5dask.io import chipcache
@@ -567,29 +479,6 @@ def chip_folds(catalog: AoiCatalog, stats: AoiStats, config: RunConfig) -> dict[
     return dict(spatial_folds(centres, config.folds))
 
 
-def write_folds(
-    manifest: Manifest, catalog: AoiCatalog, config: RunConfig, layout: AoiLayout, writer: OutputWriter
-) -> bool:
-    """`folds.csv`: the chips whose masks were written (and RGB, for GeoTIFF runs), by
-    RGB file name, so a trainer listing it never asks for a missing file. With no such
-    chip there is no file (a header-only CSV crashes CRESI's `get_csv_folds`) and an old
-    one is removed; returns whether one was written."""
-    rows = {}
-    for chip in catalog.chips:
-        entry = manifest.chips[chip.chip_id]
-        has_masks = any(kind in entry.outputs for kind in config.masks) or (
-            "zarr" in entry.outputs and bool(config.masks) and chip.label is not None
-        )
-        has_rgb = "rgb" in entry.outputs or "geotiff" not in config.formats
-        if entry.done and entry.fold is not None and has_masks and has_rgb:
-            rows[chip.output_name] = entry.fold
-    if not rows:
-        writer.remove(layout.folds_url)
-        return False
-    writer.write_bytes(layout.folds_url, folds_csv(rows).encode())
-    return True
-
-
 def write_items_of_resumed_chips(
     client: Client, job: ChipJob, chip_ids: list[str], manifest: Manifest, stats: AoiStats
 ) -> None:
@@ -604,36 +493,3 @@ def write_items_of_resumed_chips(
         return
     batches = [items[i : i + ITEMS_PER_TASK] for i in range(0, len(items), ITEMS_PER_TASK)]
     client.gather(client.map(write_items_of_done_chips, batches, job=job, pure=False))
-
-
-def write_stac_collection(
-    manifest: Manifest,
-    footprints: dict[str, tuple[float, float, float, float]],
-    config: RunConfig,
-    layout: AoiLayout,
-    writer: OutputWriter,
-) -> None:
-    """The AOI's STAC Collection (for GeoTIFF outputs, which the Items point to; each chip
-    task wrote its own chip's Items)."""
-    if "geotiff" in config.formats:
-        write_json(writer, layout.url(stac.COLLECTION_NAME), stac.aoi_collection(manifest, footprints))
-
-
-def write_root_catalog(config: RunConfig, writer: OutputWriter) -> None:
-    """`OUT/catalog.json`, linking every AOI collection under OUT (this run's and earlier)."""
-    aois = [
-        layout.aoi for layout in layouts_under(config.out)
-        if writer.exists(layout.url(stac.COLLECTION_NAME))
-    ]
-    url = files.join(config.out, stac.CATALOG_NAME)
-    if aois:
-        write_json(writer, url, stac.catalog(aois))
-        return
-    try:  # no AOI has a collection (any more): sn5dask's catalog would link what is gone
-        ours = read_json(writer, url).get("id") == stac.catalog([])["id"]
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if ours:
-        writer.remove(url)
-
-
