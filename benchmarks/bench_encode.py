@@ -6,7 +6,8 @@ Makes one synthetic 1300 x 1300 x 8 uint16 chip (50 roads), runs sn5dask's own s
 mask burn on it, then times, interleaved in one process:
 - reading bands 5,3,2 alone vs all 8 bands (then selecting 5,3,2);
 - GeoTIFF encoding of the RGB and of the four masks with DEFLATE levels, ZSTD, LZW, none,
-  and RGB tile sizes, each with its encoded size;
+  RGB tile sizes, and the multichannel mask pixel- or band-interleaved, each with its
+  encoded size;
 - one chip's Zarr region write (`sn5dask.io.zarrstore.write_chip`).
 These are the measurements behind the codec settings in `sn5dask/io/raster.py` and
 `sn5dask/io/zarrstore.py` (benchmarks/README.md).
@@ -118,6 +119,10 @@ def main() -> None:
             sizes[label] = sum(len(encode(masks[k], header, **creation)) for k in MASK_KINDS)
 
         cases[label] = all_masks
+    for interleave in ("pixel", "band"):  # the multichannel mask's two layouts (core/profiles.py)
+        label = f"multichannel  DEFLATE 5, {interleave}-interleaved"
+        cases[label] = lambda interleave=interleave, label=label: sizes.__setitem__(
+            label, len(encode(masks["multichannel"], header, compress="deflate", zlevel=5, interleave=interleave)))
     zarr_url = str(root / "bench.zarr")
     store.create_store(zarr_url, chip_ids=["c0"], headers={"c0": header}, bands=(5, 3, 2),
                        mask_kinds=MASK_KINDS, attrs={})

@@ -130,8 +130,7 @@ def _startup_without_collections() -> Iterator[None]:
     """The collector pauses while a run starts (around the `run` and `demo` commands):
     dask, distributed, the scheduler and its bokeh dashboard create some 10^5 objects that
     live as long as the process, and each full collection during their imports walked all
-    of them again (the same imports took 1.0 instead of 1.25 s with it paused, `python -c`
-    on the 2-core VM). `_startup_over` resumes it once the cluster is up; a command that
+    of them again. `_startup_over` resumes it once the cluster is up; a command that
     ends before (a mistake in its options) resumes it here. Only in the `sn5dask`
     command's own process (`main`): code that calls `app` keeps its collector as it is."""
     global _paused_for_startup
@@ -463,8 +462,8 @@ def main() -> None:
     """The `sn5dask` command (console script, `python -m sn5dask.cli`): `app` in a process
     of its own, whose garbage collector the CLI may tune (`_startup_without_collections`).
     On the way out, what the interpreter would collect (every module of dask, distributed
-    and bokeh) is left to the OS: Python's last collection took ≈0.4 s after the summary
-    (strace, 2-core VM)."""
+    and bokeh) is left to the OS: Python's last collection walked them all after the summary
+    was printed (the exit phase of `benchmarks/bench_phases.py`)."""
     global _own_process
     _own_process = True
     try:

@@ -47,7 +47,7 @@ _TRANSFORMERS_BY_OBJECT: dict[tuple[int, int], tuple[CRS, CRS, Transformer]] = {
 def _transformer_between(src: CRS, dst: CRS) -> Transformer:
     """`_transformer` for two CRS objects, looked up by identity first: a chip's CRSs are
     the same few objects every time (cached by odc-geo, `_crs_from_epsg`, the label
-    reader), and their WKT, the cache key, cost ≈0.1 ms to write out per call."""
+    reader), and writing out their WKT, the cache key, at every call cost more than the lookup."""
     key = (id(src), id(dst))
     hit = _TRANSFORMERS_BY_OBJECT.get(key)
     if hit is not None and hit[0] is src and hit[1] is dst:
@@ -97,7 +97,7 @@ def utm_crs_containing(lon: float, lat: float) -> CRS:
     estimate_utm_crs). Only the zones next to the point's own 6° band, in both
     hemispheres, can contain it (EPSG's areas of use overlap a neighbour by at most
     0.01°), so only their areas are read: a few lookups per zone and process instead of
-    PROJ's whole list of UTM CRSs (≈0.1 s, at every worker's start).
+    PROJ's whole list of UTM CRSs at every worker's start.
     """
     for code in _utm_candidates(lon, lat):
         west, south, east, north = _utm_area_of_use(code)

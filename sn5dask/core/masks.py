@@ -139,8 +139,8 @@ def road_shapes(
 def _geojson_like(geometry: BaseGeometry) -> dict[str, object]:
     """The GeoJSON-like mapping rasterio reads a shape from, for a (multi)polygon built from
     its rings' coordinate arrays: the same coordinates as shapely's `__geo_interface__`,
-    which builds a Python tuple per vertex and took half of `rasterize`'s time on small
-    chips (cProfile, benchmarks/README.md). Other geometry types use `__geo_interface__`."""
+    which builds a Python tuple per vertex and took much of `rasterize`'s time on small
+    chips. Other geometry types use `__geo_interface__`."""
     if isinstance(geometry, shapely.Polygon):
         return {"type": "Polygon", "coordinates": _rings(geometry)}
     if isinstance(geometry, shapely.MultiPolygon):

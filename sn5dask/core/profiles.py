@@ -44,8 +44,8 @@ class Profile:
     #: Warn when a band's two percentiles are equal (the GDAL rule makes it 0/255).
     warn_flat_band: bool
     #: The multichannel mask's band layout: "pixel" as CRESI wrote it (skimage, tifffile
-    #: and PIL read (H, W, 8)), or "band" (each band compressed alone: ~20 % faster and
-    #: ~10 % smaller on a full-size chip; rasterio, GDAL and TorchGeo read both the same).
+    #: and PIL read (H, W, 8)), or "band" (each band compressed alone: faster to write and
+    #: smaller, `benchmarks/bench_encode.py`; rasterio, GDAL and TorchGeo read both the same).
     multichannel_interleave: Literal["pixel", "band"] = "band"
 
     @property

@@ -185,7 +185,7 @@ def stretch_to_uint8(
 def _shared_lut(cut: BandCut, dtype: str, nodata: float | None, floor: int) -> np.ndarray:
     """`stretch_lut`, read-only and kept per process: an AOI-wide stretch has the same cut
     for every chip, and a uint16 table (65,536 values) cost more than stretching a small
-    chip (≈1 ms per 64 px chip, benchmarks/README.md)."""
+    chip."""
     lut = stretch_lut(cut, np.dtype(dtype), nodata, floor)
     lut.flags.writeable = False
     return lut

@@ -63,8 +63,9 @@ def gdal_env(url: str | None = None) -> Iterator[None]:
     """rasterio's environment for reading or writing `url`.
 
     AWS is set up only for `s3://` URLs, once per process: for anything else rasterio gets
-    no AWS session (by default it builds one from AWS_* variables at every open, which cost
-    8 ms per local chip with credentials in the environment). With no credentials in the
+    no AWS session (by default it builds one from AWS_* variables at every open, which costs
+    each local chip's open more than its header read with credentials in the environment:
+    `benchmarks/bench_local_opens.py`). With no credentials in the
     AWS chain, S3 is read unsigned (public buckets).
     """
     if url is not None and url.startswith("s3://"):
@@ -235,7 +236,7 @@ def encode_geotiff(array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> b
 @functools.lru_cache(maxsize=16)
 def _crs(wkt: str) -> rasterio.crs.CRS:
     """The CRS of a WKT, parsed once per process: an AOI's chips share a few, and parsing
-    it again for each output cost ≈0.3 ms per GeoTIFF (a third of a 64 px chip's encode)."""
+    it again for each output was a large part of a small chip's encode."""
     return rasterio.crs.CRS.from_user_input(wkt)
 
 
@@ -243,7 +244,8 @@ def block_size(side: int) -> int:
     """Tile side for an image side: the fewest tiles of at most 1024 px, each a multiple of 16.
 
     A 1300 px chip gets 656 px tiles (2 x 2, padded to 1312) instead of 512 px ones (3 x 3,
-    padded to 1536): 18 % fewer pixels to compress, measured 12-18 % faster DEFLATE.
+    padded to 1536): 18 % fewer pixels to compress, and a faster DEFLATE
+    (`benchmarks/bench_encode.py` times both tile sizes).
     """
     n_tiles = max(1, math.ceil(side / MAX_BLOCK_SIZE))
     return 16 * math.ceil(math.ceil(side / n_tiles) / 16)

@@ -51,12 +51,12 @@ from sn5dask.core.speed import N_SPEED_CHANNELS
 from sn5dask.io import files
 
 COORDINATES = "chip_id transform crs height width has_labels"
-# Zstandard level 1: the same size as zarr's default (level 3) on chips and masks, written
-# in 24 instead of 34 ms per full-size chip (benchmarks/README.md).
+# Zstandard level 1: about the same size as zarr's default (level 3) on chips and masks,
+# and written faster.
 DATA_CODECS = (ZstdCodec(level=1),)
 # Chunk keys `c.<chip>.0.0.0` rather than the default `c/<chip>/0/0/0`: a chunk is then a
 # file in its array's folder, where "/" made every chip task create twelve nested folders
-# (0.4-0.9 ms of CPU per small chip, benchmarks/README.md). Both are Zarr v3's
+# (`benchmarks/bench_chip_stages.py` times `write_chip`). Both are Zarr v3's
 # default encoding; stores written with "/" (sn5dask before 2026-12) are still read,
 # resumed and validated with their own keys.
 DATA_CHUNK_KEYS: dict[str, Any] = {"name": "default", "separator": "."}
@@ -319,8 +319,8 @@ def _store(url: str, run_token: str) -> _OpenStore:
 
 def _open_store(url: str) -> _OpenStore:
     """Open the store's data arrays to write every chunk: by default zarr compares each
-    chunk with the fill value to skip empty ones, which took 60 % of a region write
-    (py-spy), and a chip's chunk is rarely empty."""
+    chunk with the fill value to skip empty ones, which took most of a region write, and a
+    chip's chunk is rarely empty."""
     with zarr.config.set({"array.write_empty_chunks": True}):
         group = _open(url, "r+")
         members = dict(group.arrays())

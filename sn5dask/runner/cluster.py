@@ -218,9 +218,8 @@ def warm_up_workers(client: Client) -> None:
     discovering chips and building the graph (fire and forget).
 
     A spawned worker (a remote cluster, or `worker-start-method: spawn`) otherwise pays
-    ~0.5 s of imports inside its first scan and chip tasks, and even a forked one opens
-    PROJ's database in its first chip task, while the other queues wait on it
-    (benchmarks/README.md). The task runs in the worker's task thread ahead of the chip
+    its imports inside its first scan and chip tasks, and even a forked one opens PROJ's
+    database in its first chip task, while the other queues wait on it. The task runs in the worker's task thread ahead of the chip
     tasks; on a warm worker it is a no-op.
     """
     for address in client.scheduler_info(n_workers=-1)["workers"]:

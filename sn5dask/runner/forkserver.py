@@ -4,8 +4,7 @@ distributed starts worker processes with the start method in dask config
 (`distributed.worker.multiprocessing-method`). sn5dask asks for `forkserver`: workers are
 forked from Python's fork server, a single-threaded process (so safe to fork) that has
 imported distributed and the chip-task code once (`multiprocessing.set_forkserver_preload`).
-Spawned workers would each import distributed, GDAL, GEOS and PROJ bindings again (~0.9 s
-of CPU per worker, benchmarks/README.md). `sn5dask.worker-start-method: spawn` in dask
+Spawned workers would each import distributed, GDAL, GEOS and PROJ bindings again. `sn5dask.worker-start-method: spawn` in dask
 config (or DASK_SN5DASK__WORKER_START_METHOD=spawn) gives dask's default back.
 
 The server is started early (`start_worker_server`, the CLI's first step), so its imports
@@ -36,8 +35,8 @@ START_METHOD_KEY = "sn5dask.worker-start-method"
 #: What the fork server imports once, so that every worker forked from it starts with
 #: them: distributed, the chip tasks, and what those import only when they first run
 #: (the client needs none of it): rasterio/GDAL, the mask burner with shapely, pyproj
-#: and odc-geo (≈0.25 s per worker, spent in its first task before), and zarr for the
-#: store the default formats write (≈0.2 s in its first write task).
+#: and odc-geo (each worker imported them in its first task before), and zarr for the
+#: store the default formats write (imported in a worker's first write task otherwise).
 WORKER_MODULES = (
     "distributed", "sn5dask.runner.aoistats", "sn5dask.runner.chiptask",
     "sn5dask.io.raster", "sn5dask.io.burn",
@@ -60,8 +59,7 @@ def worker_environment_overrides() -> dict[str, object]:
 
     distributed sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns, so glibc hands
     freed memory straight back to the OS and each chip's large arrays are page-faulted
-    afresh: measured 17-20 % fewer chips/s than glibc's own default (+15 MiB peak RSS per
-    worker; benchmarks/README.md). Unset it (distributed's documented `None`) unless the
+    afresh: fewer chips per second than with glibc's own default. Unset it (distributed's documented `None`) unless the
     user chose another value, in dask config or as the environment variable.
     """
     if "MALLOC_TRIM_THRESHOLD_" in os.environ:
@@ -155,8 +153,7 @@ def start_worker_server(with_zarr: bool = True) -> None:
         preload.append("sn5dask.cli")
     # Each worker runs the client's main module again as it starts (multiprocessing's
     # forkserver does, on Python 3.11 and 3.12 without the server's own copy of it:
-    # CPython gh-126631). For the CLI that is sn5dask.cli with typer and rich (≈0.15 s per
-    # worker); preloaded here, a worker finds them imported and only runs the module body.
+    # CPython gh-126631). For the CLI that is sn5dask.cli with typer and rich; preloaded here, a worker finds them imported and only runs the module body.
     multiprocessing.set_forkserver_preload([PAUSE_MODULE, *preload, FREEZE_MODULE])
     with environ(server_environ), sigint_ignored():
         multiprocessing.forkserver.ensure_running()

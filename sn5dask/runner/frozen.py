@@ -6,7 +6,7 @@ A worker forked from the server then never scans those objects in its own collec
 (distributed, rasterio, shapely, pyproj and the chip-task code: some 10^5 of them, walked
 by every full collection), does not copy-on-write their pages by touching their GC
 headers, and the server itself exits at once when the run ends instead of collecting
-them (≈0.25 s after the client's last line, strace on the 2-core VM).
+them after the client's last line.
 """
 
 import gc

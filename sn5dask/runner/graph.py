@@ -29,7 +29,7 @@ from sn5dask.runner.chiptask import ChipJob, ChipWork, process_chip_batch
 
 TREE_FAN_IN = 8
 # Small chips are handled in batches: each dask task costs the scheduler and the worker
-# a few ms of CPU, more than the whole scan of a 64 px chip (benchmarks/README.md). A
+# more CPU than the whole scan of a 64 px chip (`benchmarks/bench_small_chips.py`). A
 # batch holds at most SCAN_BATCH_BYTES of input by the size discovery recorded (a 27 MB
 # SpaceNet chip is a batch of its own) and at most SCAN_BATCH_CHIPS chips. The write pass
 # also keeps at least MIN_CHIP_TASKS tasks per AOI, so that progress, Ctrl-C and load

@@ -93,7 +93,7 @@ class WorkerVersions:
         # Workers sn5dask started itself run this interpreter's installation: nothing to
         # compare, and their versions are this installation's. They are read once, by a
         # task on a worker, where GDAL, GEOS and PROJ are loaded already: the client would
-        # import rasterio for them alone (≈0.15 s on the run's critical path).
+        # import rasterio for them alone, on the run's critical path.
         self.own_cluster = own_cluster
         #: the pixel-deciding versions each worker must have (the client's); None for
         #: workers this run started itself (this installation: nothing to compare)
