@@ -190,18 +190,10 @@ def _coordinate(
 
 
 def chunk_relpath(name: str, array: zarr.Array, index: int) -> str:
-    """Path, relative to the store, of chip `index`'s one chunk of data array `name`, by
-    the array's own chunk key encoding as the Zarr v3 specification defines it (every
-    non-chip dimension is a single chunk): `c.<i>.0.0.0` or `c/<i>/0/0/0`."""
-    described = array.metadata.to_dict().get("chunk_key_encoding")
-    encoding: dict[str, Any] = dict(described) if isinstance(described, Mapping) else {}
-    configuration = encoding.get("configuration")
-    configuration = dict(configuration) if isinstance(configuration, Mapping) else {}
-    separator = str(configuration.get("separator", "/"))
-    if encoding.get("name", "default") != "default":  # v2-style keys: no "c" prefix, "." by default
-        separator = str(configuration.get("separator", "."))
-        return f"{name}/" + separator.join(str(i) for i in (index,) + (0,) * (array.ndim - 1))
-    return f"{name}/c{separator}" + separator.join(str(i) for i in (index,) + (0,) * (array.ndim - 1))
+    """Path, relative to the store, of chip `index`'s one chunk of data array `name` (every
+    non-chip dimension is a single chunk), in the array's own chunk key encoding:
+    `rgb/c.<i>.0.0.0`, or `rgb/c/<i>/0/0/0` in stores written with "/" keys."""
+    return f"{name}/" + array.metadata.encode_chunk_key((index,) + (0,) * (array.ndim - 1))
 
 
 def data_arrays(url: str) -> dict[str, zarr.Array]:
@@ -215,7 +207,9 @@ def _is_data_array(name: str) -> bool:
 
 
 #: A data array's chunk key (relative to the store) and the chip index in it, with either
-#: separator: `rgb/c/12/0/0/0` or `rgb/c.12.0.0.0` (nothing else: not a `.partial`).
+#: separator: `rgb/c/12/0/0/0` or `rgb/c.12.0.0.0` (nothing else: not a `.partial`). Matched
+#: here because zarr 3.1's `ChunkKeyEncoding.decode_chunk_key` fails on the keys its own
+#: `encode_chunk_key` makes (it strips the "c" but not the separator after it).
 _CHUNK_KEY = re.compile(r"(?P<name>[^/]+)/c(?P<sep>[./])(?P<index>\d+)(?:(?P=sep)0)*")
 
 
