@@ -9,8 +9,8 @@ import pytest
 import rasterio
 
 from sn5dask.core.encodings import MASK_ENCODINGS
-from sn5dask.core.outputspec import OutputSpec
-from sn5dask.io.raster import ChipHeader, block_size, encode_geotiff, read_header
+from sn5dask.core.outputspec import OutputSpec, block_size
+from sn5dask.io.raster import ChipHeader, encode_geotiff, read_header
 from tests.conftest import S01
 
 REFERENCE_WKT = read_header(str(sorted(S01.rglob("*.tif"))[0])).crs_wkt  # WGS 84, as SpaceNet ships

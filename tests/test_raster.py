@@ -126,7 +126,7 @@ def _gtiff_profile(header: ChipHeader) -> dict:
 
 
 def test_block_size_fits_the_chip() -> None:
-    from sn5dask.io.raster import block_size
+    from sn5dask.core.outputspec import block_size
 
     assert [block_size(s) for s in (1300, 1024, 1025, 650, 96, 50, 3000)] == [656, 1024, 528, 656, 96, 64, 1008]
 

@@ -80,6 +80,10 @@ MASK_ENCODINGS: dict[str, MaskEncoding] = {
     ),
 }
 
+#: The 8-bit image's nodata value: its GeoTIFF tag, its Zarr variable's `nodata`
+#: attribute and its STAC raster band's `nodata` all say this one value.
+RGB_NODATA = 0
+
 RGB_VALUES = (
     "8-bit stretch of each band between its low and high percentile; 0 is nodata "
     "(in the default profile only nodata; in the cresi profile also pixels at or below the "

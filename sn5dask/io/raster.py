@@ -7,7 +7,6 @@ so reads run in parallel across threads and processes.
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -29,8 +28,6 @@ SUPPORTED_DTYPES = ("uint8", "uint16")
 #: How often this process decoded each chip's pixels (benchmarks read it from every worker
 #: to show each chip is read at most twice). Diagnostics only; nothing depends on it.
 PIXEL_READS: Counter[str] = Counter()
-#: Largest GeoTIFF tile side; tiles are sized to fit the chip (see `block_size`).
-MAX_BLOCK_SIZE = 1024
 def gdal_options(url: str | None = None) -> dict[str, str]:
     """GDAL settings for a read/write of `url`, derived from the environment of this
     process (called on workers, so their environment counts).
@@ -200,7 +197,8 @@ def encode_geotiff(array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> b
     """GeoTIFF bytes of a (band, y, x) or (y, x) uint8 array on the chip's grid, written by
     GDAL (through rasterio) into memory, encoded as `spec` says.
 
-    Tiled (`block_size`) with the spec's lossless codec; CRS and transform copied exactly.
+    Tiled and interleaved as the spec lays it out, with its lossless codec; CRS and
+    transform copied exactly.
     GDAL's fixed cost per file is kept small with its own settings: creation options are
     not validated again for every file (`GDAL_VALIDATE_CREATION_OPTIONS=NO`; they are
     fixed here) and each CRS is parsed once per process (`_crs`).
@@ -214,10 +212,7 @@ def encode_geotiff(array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> b
         "width": width,
         "count": count,
         "dtype": array.dtype.name,
-        "interleave": spec.interleave or ("pixel" if count <= 4 else "band"),
-        "tiled": True,
-        "blockysize": block_size(height),
-        "blockxsize": block_size(width),
+        **spec.layout_options(count, height, width),
         **spec.codec_options(),
         "crs": _crs(header.crs_wkt),
         "transform": rasterio.Affine(*header.transform[:6]),
@@ -238,17 +233,6 @@ def _crs(wkt: str) -> rasterio.crs.CRS:
     """The CRS of a WKT, parsed once per process: an AOI's chips share a few, and parsing
     it again for each output was a large part of a small chip's encode."""
     return rasterio.crs.CRS.from_user_input(wkt)
-
-
-def block_size(side: int) -> int:
-    """Tile side for an image side: the fewest tiles of at most 1024 px, each a multiple of 16.
-
-    A 1300 px chip gets 656 px tiles (2 x 2, padded to 1312) instead of 512 px ones (3 x 3,
-    padded to 1536): 18 % fewer pixels to compress, and a faster DEFLATE
-    (`benchmarks/bench_encode.py` times both tile sizes).
-    """
-    n_tiles = max(1, math.ceil(side / MAX_BLOCK_SIZE))
-    return 16 * math.ceil(math.ceil(side / n_tiles) / 16)
 
 
 def write_geotiff(url: str, array: np.ndarray, header: ChipHeader, spec: OutputSpec) -> int:

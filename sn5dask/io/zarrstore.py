@@ -43,6 +43,7 @@ from zarr.codecs import ZstdCodec
 from sn5dask.core.encodings import (
     MASK_ENCODINGS,
     MASK_KINDS,
+    RGB_NODATA,
     RGB_VALUES,
     rgb_descriptions,
 )
@@ -116,7 +117,7 @@ def create_store(
 
     data_array("rgb", (("band", len(bands)),), {
         "long_name": "8-bit image", "description": RGB_VALUES,
-        "band_descriptions": list(rgb_descriptions(tuple(bands))), "nodata": 0,
+        "band_descriptions": list(rgb_descriptions(tuple(bands))), "nodata": RGB_NODATA,
     })  # fmt: skip
     for kind in mask_kinds:
         extra = (("channel", N_SPEED_CHANNELS + 1),) if kind == "multichannel" else ()

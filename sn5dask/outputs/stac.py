@@ -22,6 +22,7 @@ from typing import Any
 
 from sn5dask.core.encodings import (
     MASK_ENCODINGS,
+    RGB_NODATA,
     RGB_VALUES,
     rgb_descriptions,
 )
@@ -155,7 +156,7 @@ def image_item(
                 "description": RGB_VALUES,
                 "roles": ["data"],
                 "raster:bands": [
-                    {"nodata": 0, "data_type": "uint8", "name": name}
+                    {"nodata": RGB_NODATA, "data_type": "uint8", "name": name}
                     for name in rgb_descriptions(tuple(bands))
                 ],
             }
