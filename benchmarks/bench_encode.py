@@ -9,8 +9,9 @@ mask burn on it, then times, interleaved in one process:
   RGB tile sizes, and the multichannel mask pixel- or band-interleaved, each with its
   encoded size;
 - one chip's Zarr region write (`sn5dask.io.zarrstore.write_chip`).
-These are the measurements behind the codec settings in `sn5dask/io/raster.py` and
-`sn5dask/io/zarrstore.py` (benchmarks/README.md).
+These are the measurements behind the codec and tile settings in
+`sn5dask/core/outputspec.py`, the multichannel layout in `sn5dask/core/profiles.py` and
+the Zarr codec in `sn5dask/io/zarrstore.py` (benchmarks/README.md).
 """
 
 from __future__ import annotations

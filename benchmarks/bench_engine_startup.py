@@ -1,7 +1,8 @@
 """The fixed cost of the engine alone, as a whole process: start 2 worker processes, run
 one trivial task on each, stop. multiprocessing.Pool (what the plain scripts use) against
 distributed's LocalCluster with and without its dashboard (sn5dask prints the dashboard
-link, DESIGN.md §6). Alternating rounds, medians; wall time and the machine's CPU
+link, DESIGN.md §6). None imports the chip work's libraries (numpy, rasterio): the
+engine's cost alone. Alternating rounds, medians; wall time and the machine's CPU
 (`/proc/stat`, so run it on a quiet machine).
 
     python benchmarks/bench_engine_startup.py [--rounds 5]
@@ -20,7 +21,6 @@ from bench_whole_process import machine_cpu
 ENGINES = {
     "multiprocessing.Pool(2)": """
 from multiprocessing import Pool
-import numpy, rasterio
 with Pool(2) as pool:
     pool.map(abs, [1, 2])
 """,

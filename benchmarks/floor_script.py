@@ -12,9 +12,13 @@ Per chip, nothing but the library calls the outputs need:
 
 No fsync, no manifest, no STAC items, no folds, no logs, no checks of the input: it does
 less than sn5dask, so no tool producing these files with GDAL can be much faster. It makes
-the same kinds of file, not bit-identical ones (its continuous mask uses the bin's upper
-speed; its percentiles ignore nodata tags). `bench_whole_process.py --floor` times it as
-a whole process next to sn5dask and the plain script of `../shared/bench/`:
+the same kinds of file with the same encodings, not bit-identical ones: its continuous
+mask uses the bin's upper speed rather than the road's, a road without a speed burns as
+bin 1, its percentiles ignore nodata tags, and it assumes what `make_aoi.py` writes
+(lon/lat chips, so the roads are rasterised with the image's own transform without
+reprojection, and 1300 px chips, so the tile side is fixed at sn5dask's 656 px).
+`bench_whole_process.py --floor` times it as a whole process next to sn5dask and the
+plain script of `../shared/bench/`:
 
     python benchmarks/floor_script.py ROOT --out /tmp/floor [--procs 2]
     python benchmarks/floor_script.py ROOT --out /tmp/floor --stages   # CPU per step
@@ -45,7 +49,7 @@ BUFFER_M = 2.0
 BIN_MPH = 10.0
 N_BINS = 7
 MAX_MPH = 65.0
-TILE = 656  # sn5dask's tile for a 1300 px chip (raster.block_size)
+TILE = 656  # sn5dask's tile for a 1300 px chip (core/outputspec.block_size)
 RGB_CODEC = {"compress": "deflate", "predictor": 2, "zlevel": 1}
 MASK_CODEC = {"compress": "deflate", "zlevel": 5}
 
@@ -160,8 +164,9 @@ def chip_outputs(args: tuple[tuple[Path, Path], np.ndarray, Path]) -> dict[str, 
     channels[np.arange(1, N_BINS + 1), np.arange(N_BINS)] = 255
     channels[1:, N_BINS] = 255
     multichannel = np.moveaxis(channels[bins], -1, 0)
+    binned = np.minimum(np.arange(N_BINS + 1) * 36, 255).astype(np.uint8)[bins]  # 36 k, as DESIGN.md
     step("labels, rasterise, 4 masks")
-    for kind, mask in (("binary", binary), ("continuous", continuous), ("binned", bins),
+    for kind, mask in (("binary", binary), ("continuous", continuous), ("binned", binned),
                        ("multichannel", multichannel)):
         write(out / "masks" / kind / f"{stem}.tif", mask, profile, MASK_CODEC)
     step("4 mask encodes + writes")

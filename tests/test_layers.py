@@ -11,19 +11,22 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sn5dask"
-UI = ("sn5dask.cli", "sn5dask.dashboard")
+UI = ("sn5dask.cli", "sn5dask.dashboard", "sn5dask.api", "sn5dask.training")
+#: The run's options and the installation's versions: for the runner and the UI only.
+RUN_LEVEL = ("sn5dask.config", "sn5dask.versions")
 #: layer folder -> names its modules must never import (at the top or inside a function)
 FORBIDDEN = {
     "core": ("rasterio", "fsspec", "s3fs", "zarr", "dask", "distributed",
-             "sn5dask.io", "sn5dask.outputs", "sn5dask.runner", *UI),
-    "io": ("sn5dask.outputs", "sn5dask.runner", *UI),
-    "outputs": ("sn5dask.runner", *UI),
+             "sn5dask.io", "sn5dask.outputs", "sn5dask.runner", *RUN_LEVEL, *UI),
+    "io": ("sn5dask.outputs", "sn5dask.runner", *RUN_LEVEL, *UI),
+    "outputs": ("sn5dask.runner", *RUN_LEVEL, *UI),
     "runner": UI,
 }  # fmt: skip
 
 
 def imported_names(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every import statement of a file, relative ones resolved."""
+    """(line, module) of every import statement of a file, relative ones resolved; for
+    `from package import name`, `package.name` too (the name may be a module)."""
     package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
     names = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -36,6 +39,7 @@ def imported_names(path: Path) -> list[tuple[int, str]]:
             else:
                 module = node.module or ""
             names.append((node.lineno, module))
+            names += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
     return names
 
 

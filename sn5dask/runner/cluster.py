@@ -219,8 +219,8 @@ def warm_up_workers(client: Client) -> None:
 
     A spawned worker (a remote cluster, or `worker-start-method: spawn`) otherwise pays
     its imports inside its first scan and chip tasks, and even a forked one opens PROJ's
-    database in its first chip task, while the other queues wait on it. The task runs in the worker's task thread ahead of the chip
-    tasks; on a warm worker it is a no-op.
+    database in its first chip task, while the other queues wait on it. The task runs in
+    the worker's task thread ahead of the chip tasks; on a warm worker it is a no-op.
     """
     for address in client.scheduler_info(n_workers=-1)["workers"]:
         fire_and_forget(

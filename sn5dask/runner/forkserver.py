@@ -4,8 +4,9 @@ distributed starts worker processes with the start method in dask config
 (`distributed.worker.multiprocessing-method`). sn5dask asks for `forkserver`: workers are
 forked from Python's fork server, a single-threaded process (so safe to fork) that has
 imported distributed and the chip-task code once (`multiprocessing.set_forkserver_preload`).
-Spawned workers would each import distributed, GDAL, GEOS and PROJ bindings again. `sn5dask.worker-start-method: spawn` in dask
-config (or DASK_SN5DASK__WORKER_START_METHOD=spawn) gives dask's default back.
+Spawned workers would each import distributed, GDAL, GEOS and PROJ bindings again.
+`sn5dask.worker-start-method: spawn` in dask config (or
+DASK_SN5DASK__WORKER_START_METHOD=spawn) gives dask's default back.
 
 The server is started early (`start_worker_server`, the CLI's first step), so its imports
 run on another core while the client imports its own and starts the scheduler. Everything
@@ -59,8 +60,9 @@ def worker_environment_overrides() -> dict[str, object]:
 
     distributed sets MALLOC_TRIM_THRESHOLD_=65536 in every worker it spawns, so glibc hands
     freed memory straight back to the OS and each chip's large arrays are page-faulted
-    afresh: fewer chips per second than with glibc's own default. Unset it (distributed's documented `None`) unless the
-    user chose another value, in dask config or as the environment variable.
+    afresh: fewer chips per second than with glibc's own default. Unset it (distributed's
+    documented `None`) unless the user chose another value, in dask config or as the
+    environment variable.
     """
     if "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return {}
@@ -153,7 +155,8 @@ def start_worker_server(with_zarr: bool = True) -> None:
         preload.append("sn5dask.cli")
     # Each worker runs the client's main module again as it starts (multiprocessing's
     # forkserver does, on Python 3.11 and 3.12 without the server's own copy of it:
-    # CPython gh-126631). For the CLI that is sn5dask.cli with typer and rich; preloaded here, a worker finds them imported and only runs the module body.
+    # CPython gh-126631). For the CLI that is sn5dask.cli with typer and rich; preloaded
+    # here, a worker finds them imported and only runs the module body.
     multiprocessing.set_forkserver_preload([PAUSE_MODULE, *preload, FREEZE_MODULE])
     with environ(server_environ), sigint_ignored():
         multiprocessing.forkserver.ensure_running()

@@ -11,6 +11,7 @@ from sn5dask.runner.chiptask import ChipResult
 
 log = logging.getLogger("sn5dask")
 
+
 class Reporter(Protocol):
     """What the run tells its caller (the CLI draws it with rich; the API logs it)."""
 
