@@ -9,7 +9,9 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,9 +106,29 @@ class RichReporter:
             self.progress.stop()
 
 
+class _InterruptedSyncNoise(logging.Filter):
+    """Drops the one record distributed's Ctrl-C handling can log by mistake.
+
+    `distributed.utils.sync` answers a KeyboardInterrupt by scheduling a `cancel` callback
+    on its event loop. When the interrupt comes before the awaited coroutine has started
+    (distributed 2026.8 only annotates the variable holding it), that callback fails with
+    NameError and tornado logs it with a traceback, after the interrupt itself was handled
+    (one line, exit 130). Any other record passes.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, NameError) and error.__traceback__ is not None:
+            where = traceback.extract_tb(error.__traceback__)[-1]
+            if where.name == "cancel" and where.filename.replace(os.sep, "/").endswith("/distributed/utils.py"):
+                return False
+        return True
+
+
 def _setup_logging(verbose: bool) -> None:
     handler = RichHandler(console=err_console, show_path=False)
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    handler.addFilter(_InterruptedSyncNoise())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[handler])
     # Road-level warnings go to the manifest; on the terminal they would drown the progress.
